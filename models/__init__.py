@@ -1,0 +1,17 @@
+"""Online univariate models: each series' normal behaviour, learned as it streams.
+
+The contract: a model forecasts what each series should look like next and
+reports how far an observed point is from that, as a signed deviation in units
+of the series' own scale.  Normal observations get small deviations, anomalies
+large ones.  Models never threshold and never produce probabilities;
+``detector.calibration`` turns deviations into calibrated tail probabilities.
+
+Every model keeps its state in numpy arrays with one row per series, so one call
+updates many series (the engine's hot path), and a model with arrays of length
+one is the one-sample path.  State round-trips through plain arrays, no pickle.
+"""
+
+from models.base import Assessment, OnlineModel
+from models.ewma import RobustEWMA
+
+__all__ = ["Assessment", "OnlineModel", "RobustEWMA"]
