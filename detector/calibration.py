@@ -162,7 +162,7 @@ class TailCalibrator(ArrayState):
         floor = np.where(
             self.arrays["seen"][ids] < self.warmup,
             1.0 / (self.arrays["seen"][ids] + 1.0),
-            0.1 / np.maximum(count, 1.0),
+            1e-12,
         )
         return np.clip(survival, floor, 1.0)
 

@@ -12,6 +12,15 @@ one is the one-sample path.  State round-trips through plain arrays, no pickle.
 """
 
 from models.base import Assessment, OnlineModel
+from models.auto import AutoModel
 from models.ewma import RobustEWMA
+from models.seasonal import SeasonalProfile, detect_period
 
-__all__ = ["Assessment", "OnlineModel", "RobustEWMA"]
+__all__ = [
+    "Assessment",
+    "AutoModel",
+    "OnlineModel",
+    "RobustEWMA",
+    "SeasonalProfile",
+    "detect_period",
+]
