@@ -46,7 +46,7 @@ class AutoModel:
         self,
         flat: RobustEWMA | None = None,
         seasonal: SeasonalProfile | None = None,
-        shift_halflife: float = 3.0,
+        shift_halflife: float = 12.0,
         seasonal_margin: float = 0.9,
         adopt_after: int = 12,
         adopt_z: float = 3.0,
