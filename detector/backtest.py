@@ -111,7 +111,7 @@ def write_result(result: SeriesResult, path: Path) -> None:
                 [
                     stamp,
                     _number(recording.values[i]),
-                    f"{result.anomaly_score[i]:.6f}",
+                    f"{result.anomaly_score[i]:.12g}",
                     int(result.alert[i]),
                     _number(result.expected[i]),
                     _number(result.lower[i]),

@@ -11,10 +11,8 @@ computed *before* the point is added, so it is honest under exchangeability),
 interpolated geometrically inside a bin.  Where the past holds too few points
 that extreme to say (beyond the last occupied bins), the tail is extrapolated
 as in SPOT (Siffer et al., KDD 2017): peaks over a high threshold follow a
-generalised Pareto law; we fit its shape-0 member, an exponential, in ``u``
-space (a power law in ``z``), with the mean excess of the top of the
-histogram.  The extrapolation never claims more than ten times the series'
-own history (``p >= 0.1 / n_effective``).
+generalised Pareto law, fitted here in ``u`` space to the top of the
+histogram, by the method of moments.
 
 Why not the alternatives: a Gaussian tail on z is badly wrong for heavy-tailed
 and count data; a full conformal p-value needs every past score (kilobytes per
@@ -24,9 +22,12 @@ recent normal behaviour through its decay, and is exact in the body of the
 distribution where the alert thresholds (p around 1e-2..1e-4) usually sit.
 
 Ties (count data, flat series) would make a plain empirical p-value lumpy, so
-the position inside a bin is randomised for tied values — the randomised
-probability integral transform — with a counter-based hash, which keeps the
-result reproducible and independent of batching.
+the position inside a bin is randomised for tied values, and the engine
+dithers integer-valued series by a uniform half-unit before modelling them:
+the randomised probability integral transform for discrete data (Brockwell
+2007; Czado, Gneiting and Held 2009).  The randomness comes from a counter-based
+hash (:meth:`TailCalibrator.noise`), so results are reproducible and do not
+depend on batching.
 
 The score leaving the engine is ``anomaly_score = 1 - p``.
 """
@@ -52,6 +53,8 @@ _TAIL_SUPPORT = 3.0
 _TAIL_FIT_FRACTION = 0.02
 _TAIL_FIT_POINTS = 10.0
 _RESCALE_AT = 1e12
+#: Decades below the fitting threshold that a light-tailed GPD fit is trusted.
+_TRUSTED_DECADES = 2.0
 
 
 def _uniform_hash(seed: np.ndarray, counter: np.ndarray) -> np.ndarray:
@@ -61,6 +64,26 @@ def _uniform_hash(seed: np.ndarray, counter: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
     return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def _pareto_survival(y: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """GPD survival, continued exponentially where a light-tailed fit would end.
+
+    A negative shape gives a tail with an end point, beyond which everything is
+    "impossible" — too strong a claim from a few dozen points.  Past the point
+    where the fit has fallen by ``_TRUSTED_DECADES``, the tail continues with
+    the hazard rate the fit has there, so far-out points stay ordered by how
+    far out they are.
+    """
+    light = shape < -1e-6
+    safe_shape = np.where(np.abs(shape) < 1e-6, 1e-6, shape)
+    drop = 10.0**-_TRUSTED_DECADES
+    join = np.where(light, scale * (drop**-safe_shape - 1.0) / safe_shape, np.inf)
+    within = np.minimum(y, join)
+    survival = np.power(np.maximum(1.0 + safe_shape * within / scale, 1e-300), -1.0 / safe_shape)
+    hazard = 1.0 / (scale + safe_shape * np.where(light, join, 0.0))
+    beyond = np.maximum(y - join, 0.0)
+    return np.where(y > join, drop * np.exp(-beyond * hazard), survival)
 
 
 class TailCalibrator(ArrayState):
@@ -117,6 +140,15 @@ class TailCalibrator(ArrayState):
         """Give series stable seeds (e.g. a hash of their labels) for tie-breaking."""
         self.arrays["seed"][ids] = seeds
 
+    def noise(self, ids: np.ndarray, stream: int) -> np.ndarray:
+        """Reproducible uniform (0, 1) numbers for each series' next point.
+
+        Drawn from (series seed, points seen, stream), so the same series at the
+        same point always gets the same number, however it was batched.
+        """
+        counter = self.arrays["seen"][ids] * 4 + stream
+        return _uniform_hash(self.arrays["seed"][ids], counter)
+
     def effective_count(self, ids: np.ndarray) -> np.ndarray:
         """How many recent points the histogram holds, after decay."""
         return self.arrays["mass_at_or_above"][ids, 0] / self.arrays["unit"][ids]
@@ -146,8 +178,7 @@ class TailCalibrator(ArrayState):
         inside = np.clip((u - _EDGES[index]) / _WIDTH, 0.0, 1.0)
         # Tied values (counts, flat series) all land on one spot in a bin;
         # randomising their position makes the p-value uniform anyway.
-        counter = self.arrays["seen"][ids]
-        jitter = _uniform_hash(self.arrays["seed"][ids], counter * 2 + upper)
+        jitter = self.noise(ids, stream=int(upper))
         inside = np.where(self._is_tied(mass, index, rows), jitter, inside)
         with np.errstate(divide="ignore", invalid="ignore"):
             geometric = at_bin * np.power(np.where(at_bin > 0, beyond_bin / at_bin, 0.0), inside)
@@ -174,10 +205,15 @@ class TailCalibrator(ArrayState):
 
     @staticmethod
     def _extrapolate(mass: np.ndarray, u: np.ndarray, count: np.ndarray) -> np.ndarray:
-        """Exponential tail in u fitted to the top of the histogram (SPOT, shape 0)."""
-        total = mass[:, 0:1]
-        need = np.maximum(_TAIL_FIT_FRACTION * total[:, 0], _TAIL_FIT_POINTS * total[:, 0] / count)
-        need = np.minimum(need, total[:, 0])
+        """Generalised Pareto tail in u fitted to the top of the histogram (SPOT).
+
+        The shape and scale come from the method of moments on the excesses
+        over the threshold; a negative shape (a light tail, as for Gaussian
+        data) bounds the tail, a positive one (heavy tail) stretches it.
+        """
+        total = mass[:, 0]
+        need = np.maximum(_TAIL_FIT_FRACTION * total, _TAIL_FIT_POINTS * total / count)
+        need = np.minimum(need, total)
         # Threshold bin: the highest edge with at least `need` mass at or above it.
         enough = mass[:, :-1] >= need[:, None]
         threshold_bin = _BINS - 1 - np.argmax(enough[:, ::-1], axis=1)
@@ -187,10 +223,18 @@ class TailCalibrator(ArrayState):
         above = np.arange(_BINS)[None, :] >= threshold_bin[:, None]
         excess_mass = np.where(above, in_bins, 0.0)
         tail_mass = np.maximum(excess_mass.sum(axis=1), 1e-300)
-        mean_excess = (excess_mass * (_CENTERS[None, :] - threshold_u[:, None])).sum(axis=1) / tail_mass
-        mean_excess = np.maximum(mean_excess, 0.5 * _WIDTH)
-        p_threshold = mass[rows, threshold_bin] / total[:, 0]
-        return p_threshold * np.exp(-np.maximum(u - threshold_u, 0.0) / mean_excess)
+        excess = _CENTERS[None, :] - threshold_u[:, None]
+        mean = (excess_mass * excess).sum(axis=1) / tail_mass
+        mean = np.maximum(mean, 0.5 * _WIDTH)
+        # A bin's mass is spread over its width: add that spread's variance.
+        variance = (excess_mass * (excess - mean[:, None]) ** 2).sum(axis=1) / tail_mass
+        variance = np.maximum(variance + _WIDTH**2 / 12.0, 1e-12)
+        ratio = mean**2 / variance
+        shape = np.clip(0.5 * (1.0 - ratio), -0.5, 0.5)
+        scale = 0.5 * mean * (1.0 + ratio)
+        p_threshold = mass[rows, threshold_bin] / total
+        y = np.maximum(u - threshold_u, 0.0)
+        return p_threshold * _pareto_survival(y, shape, scale)
 
     def p_value(self, ids: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Tail probability of each deviation under its series' past deviations."""

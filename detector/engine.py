@@ -125,6 +125,7 @@ class Engine:
         self.policy = policy
         self.protect_below = protect_below
         self.series = SeriesTable()
+        self.integer_valued = np.zeros(0, dtype=bool)
 
     def register(self, keys: list[str]) -> np.ndarray:
         """Row ids for these series keys, creating cold state for new ones."""
@@ -134,10 +135,22 @@ class Engine:
         if after > before:
             for component in (self.model, self.calibrator, self.policy):
                 component.resize(after)
+            self.integer_valued = np.r_[self.integer_valued[:before], np.ones(after - before, dtype=bool)]
             new = np.arange(before, after)
             seeds = np.array([series_seed(self.series.keys[i]) for i in new], dtype=np.uint64)
             self.calibrator.set_seeds(new, seeds)
         return ids
+
+    def _count_dither(self, ids: np.ndarray, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Uniform half-unit noise for series that have only ever been integers.
+
+        Counts (errors per scrape, queue lengths) are discrete: dithering them
+        makes their deviations continuous, so a calibrated p-value stays
+        uniform on normal data (the randomised probability integral transform).
+        """
+        integral = self.integer_valued[ids] & (~valid | (x == np.round(x)))
+        self.integer_valued[ids] = integral
+        return np.where(integral & valid, self.calibrator.noise(ids, stream=2) - 0.5, 0.0)
 
     def process(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> ScoredBatch:
         """Score a batch; a series may appear several times (taken in order).
@@ -167,6 +180,7 @@ class Engine:
     def _process_round(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> ScoredBatch:
         valid = np.isfinite(x)
         safe_x = np.where(valid, x, 0.0)
+        safe_x = safe_x + self._count_dither(ids, safe_x, valid)
         assessment = self.model.assess(ids, t, safe_x)
         model_warm = valid & ~assessment.warming
         z = np.where(model_warm, assessment.deviation, 0.0)
@@ -182,11 +196,14 @@ class Engine:
         upper_z = self.calibrator.quantile(ids, tail, upper=True)
         lower_z = self.calibrator.quantile(ids, tail, upper=False)
         scale = assessment.scale
+        # No band until both the model and the calibration have something to say.
+        banded = model_warm | ~assessment.warming
+        banded &= self.calibrator.effective_count(ids) > 0
         return ScoredBatch(
             anomaly_score=np.where(valid, 1.0 - np.nan_to_num(p, nan=1.0), 0.0),
             expected=assessment.expected,
-            lower=assessment.expected + lower_z * scale,
-            upper=assessment.expected + upper_z * scale,
+            lower=np.where(banded, assessment.expected + lower_z * scale, np.nan),
+            upper=np.where(banded, assessment.expected + upper_z * scale, np.nan),
             warming=assessment.warming | self.calibrator.warming(ids),
             alert=decision.firing,
             onset=decision.onset,

@@ -1,0 +1,296 @@
+"""A detector's configuration, read from YAML, and the engine built from it.
+
+The file is small and every key is optional::
+
+    model: auto            # auto, ewma, seasonal, quantile or changepoint
+    model_params: {}       # the model's constructor arguments
+    calibration: {memory: 10000, warmup: 100, direction: both}
+    alerting: {false_alerts_per_week: 1.0, min_anomalous: 2, window: 3,
+               resolve_after: 3, cooldown: 30m}
+    protect_below: 0.001
+
+``${VAR}`` and ``${VAR:-default}`` are replaced from the environment in the
+text before it is parsed.  Durations are ``30s``, ``5m``, ``1h``, ``7d`` or a
+number of seconds.  Unknown keys are errors, so a typo never silently falls
+back to a default; every error is a :class:`ConfigError` naming the file, the
+key path and what is allowed.
+
+>>> config = parse_config({"model": "ewma", "model_params": {"halflife": 6},
+...                        "alerting": {"cooldown": "1h"}})
+>>> config.alerting.cooldown
+3600.0
+>>> build_engine(config).model
+RobustEWMA(halflife=6.0, scale_halflife=144.0, huber=3.0, warmup=30)
+>>> parse_config({"alerting": {"cooldown": "5x"}}, source="config.yaml")
+Traceback (most recent call last):
+...
+detector.config.ConfigError: config.yaml: alerting.cooldown: '5x' is not a duration; use 30s, 5m, 1h, 7d
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import re
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from detector.calibration import TailCalibrator
+from detector.engine import Engine
+from detector.policy import AlertPolicy
+from models import AutoModel, RobustEWMA, SeasonalProfile
+from models.base import OnlineModel
+from models.changepoint import LevelShift
+from models.quantile import RobustQuantile
+
+#: Model names a configuration may use.  A model's hyper-parameters are its
+#: constructor arguments, so registering a class is all a new model needs.
+MODELS: dict[str, type[OnlineModel]] = {
+    "auto": AutoModel,
+    "ewma": RobustEWMA,
+    "seasonal": SeasonalProfile,
+    "quantile": RobustQuantile,
+    "changepoint": LevelShift,
+}
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: Component hints such as ``RobustEWMA | None`` may hold an instance.
+_ANY_TYPE = ConfigDict(arbitrary_types_allowed=True)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names file, key and remedy."""
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``30s``, ``5m``, ``1h``, ``7d`` or a number of seconds.
+
+    >>> parse_duration("5m"), parse_duration(90), parse_duration("1.5h")
+    (300.0, 90.0, 5400.0)
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value) and value >= 0:
+            return float(value)
+    elif isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match:
+            return float(match[1]) * _UNIT_SECONDS[match[2]]
+    raise ValueError(f"{value!r} is not a duration; use 30s, 5m, 1h, 7d")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CalibrationConfig(_Section):
+    """Arguments of :class:`detector.calibration.TailCalibrator`.
+
+    Examples
+    --------
+    >>> CalibrationConfig(direction="high").memory
+    10000.0
+    """
+
+    memory: Annotated[float, Field(ge=10)] = 10_000.0
+    warmup: Annotated[int, Field(ge=0)] = 100
+    direction: Literal["both", "high", "low"] = "both"
+
+
+class AlertingConfig(_Section):
+    """Arguments of :class:`detector.policy.AlertPolicy`; ``cooldown`` is a duration.
+
+    Examples
+    --------
+    >>> AlertingConfig(cooldown="2h", window=5).cooldown
+    7200.0
+    """
+
+    false_alerts_per_week: Annotated[float, Field(gt=0)] = 1.0
+    min_anomalous: Annotated[int, Field(ge=1)] = 2
+    window: Annotated[int, Field(ge=1, le=32)] = 3
+    resolve_after: Annotated[int, Field(ge=1)] = 3
+    cooldown: Duration = 1800.0
+
+    @model_validator(mode="after")
+    def _persistence_fits_window(self) -> AlertingConfig:
+        if self.min_anomalous > self.window:
+            raise ValueError(
+                f"min_anomalous ({self.min_anomalous}) exceeds window ({self.window}); "
+                "raise window or lower min_anomalous"
+            )
+        return self
+
+
+class DetectorConfig(_Section):
+    """Everything :func:`build_engine` needs; see the module docstring for the YAML.
+
+    Examples
+    --------
+    >>> config = DetectorConfig(model="seasonal", model_params={"bins": 48})
+    >>> config.alerting.cooldown, config.calibration.direction
+    (1800.0, 'both')
+    """
+
+    model: str = "auto"
+    model_params: dict[str, Any] = Field(default_factory=dict)
+    calibration: CalibrationConfig = CalibrationConfig()
+    alerting: AlertingConfig = AlertingConfig()
+    protect_below: Annotated[float, Field(gt=0, le=1)] = 1e-3
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in MODELS:
+            raise ValueError(f"{name!r} is not a model; use one of {', '.join(MODELS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _model_params_fit(self) -> DetectorConfig:
+        # Building the model is the only complete check of its arguments, and cheap.
+        _build(MODELS[self.model], self.model_params, "model_params")
+        return self
+
+
+def _component_class(hint: Any) -> type | None:
+    """The class in a hint like ``RobustEWMA | None``: a mapping may build it."""
+    options = typing.get_args(hint) or (hint,)
+    classes = [o for o in options if isinstance(o, type) and o.__module__ != "builtins"]
+    return classes[0] if len(classes) == 1 else None
+
+
+def _build(cls: type, params: Mapping[str, Any], where: str) -> Any:
+    """``cls(**params)`` with each key and value checked against its signature."""
+    allowed = {
+        name: Any if parameter.annotation is parameter.empty else parameter.annotation
+        for name, parameter in inspect.signature(cls, eval_str=True).parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+    arguments = {}
+    for key, value in params.items():
+        path = f"{where}.{key}"
+        if key not in allowed:
+            raise ValueError(
+                f"{path}: {cls.__name__} has no parameter {key!r}; allowed: {', '.join(allowed)}"
+            )
+        hint = allowed[key]
+        component = _component_class(hint)
+        if component is not None and isinstance(value, Mapping):
+            arguments[key] = _build(component, value, path)
+            continue
+        if component is not None and value is not None:
+            raise ValueError(
+                f"{path}: expected a mapping of {component.__name__} parameters, got {value!r}"
+            )
+        try:
+            arguments[key] = TypeAdapter(hint, config=_ANY_TYPE).validate_python(value)
+        except ValidationError as error:
+            raise ValueError(f"{path}: {value!r} is not valid; {error.errors()[0]['msg']}") from None
+    try:
+        return cls(**arguments)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """One pydantic error as ``key.path: what is wrong; what is allowed``."""
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "value_error":
+        message = str(error["ctx"]["error"])
+    elif error["type"] == "extra_forbidden":
+        section: type[BaseModel] = DetectorConfig
+        for part in loc[:-1]:
+            section = typing.cast(type[BaseModel], section.model_fields[part].annotation)
+        message = f"unknown key; allowed: {', '.join(section.model_fields)}"
+    else:
+        message = f"{error['msg']}, got {error['input']!r}"
+    # Errors raised by a whole-config check (model_params) carry their own key path.
+    return f"{'.'.join(loc)}: {message}" if loc else message
+
+
+def parse_config(data: Mapping[str, Any] | None, source: str = "config") -> DetectorConfig:
+    """Validate already-parsed settings; errors are :class:`ConfigError` naming ``source``."""
+    if data is None:
+        return DetectorConfig()
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{source}: expected a mapping of settings (model: auto, ...), "
+            f"got a {type(data).__name__}"
+        )
+    try:
+        return DetectorConfig.model_validate(data)
+    except ValidationError as error:
+        lines = [f"{source}: {_describe(e)}" for e in error.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _expand_environment(text: str, source: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, default = match[1], match[2]
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        line = text.count("\n", 0, match.start()) + 1
+        raise ConfigError(
+            f"{source}:{line}: environment variable {name} is not set; "
+            f"set it or give a default: ${{{name}:-value}}"
+        )
+
+    return _ENV_REFERENCE.sub(replace, text)
+
+
+def load_config(path: Path | str | None) -> DetectorConfig:
+    """Read a YAML configuration; no path (``None`` or ``""``) means the defaults.
+
+    Raises :class:`ConfigError` for a missing file, an unset environment
+    variable, invalid YAML or invalid settings.
+    """
+    if path is None or str(path) == "":
+        return DetectorConfig()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(
+            f"{path}: cannot read the configuration ({error.strerror}); "
+            "give an existing YAML file, or no --config for the defaults"
+        ) from None
+    text = _expand_environment(text, str(path))
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or error
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
+    return parse_config(data, str(path))
+
+
+def build_engine(config: DetectorConfig) -> Engine:
+    """A fresh engine (no series yet) as the configuration describes."""
+    return Engine(
+        model=_build(MODELS[config.model], config.model_params, "model_params"),
+        calibrator=TailCalibrator(**config.calibration.model_dump()),
+        policy=AlertPolicy(**config.alerting.model_dump()),
+        protect_below=config.protect_below,
+    )
