@@ -48,7 +48,7 @@ _EDGES = np.linspace(-_U_MAX, _U_MAX, _BINS + 1)
 _WIDTH = float(_EDGES[1] - _EDGES[0])
 _CENTERS = 0.5 * (_EDGES[:-1] + _EDGES[1:])
 #: Past points needed beyond a deviation for the empirical tail to be trusted.
-_TAIL_SUPPORT = 3.0
+_TAIL_SUPPORT = 1.0
 #: Mass (as a fraction, or at least this many points) used to fit the tail.
 _TAIL_FIT_FRACTION = 0.02
 _TAIL_FIT_POINTS = 10.0
@@ -59,7 +59,7 @@ _TRUSTED_DECADES = 2.0
 
 def _uniform_hash(seed: np.ndarray, counter: np.ndarray) -> np.ndarray:
     """SplitMix64 of (seed, counter) as floats in (0, 1): reproducible noise."""
-    z = (seed.astype(np.uint64) + counter.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    z = seed.astype(np.uint64) + counter.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))

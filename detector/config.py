@@ -198,9 +198,7 @@ def _build(cls: type, params: Mapping[str, Any], where: str) -> Any:
             arguments[key] = _build(component, value, path)
             continue
         if component is not None and value is not None:
-            raise ValueError(
-                f"{path}: expected a mapping of {component.__name__} parameters, got {value!r}"
-            )
+            raise ValueError(f"{path}: expected a mapping of {component.__name__} parameters, got {value!r}")
         try:
             arguments[key] = TypeAdapter(hint, config=_ANY_TYPE).validate_python(value)
         except ValidationError as error:
@@ -233,8 +231,7 @@ def parse_config(data: Mapping[str, Any] | None, source: str = "config") -> Dete
         return DetectorConfig()
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"{source}: expected a mapping of settings (model: auto, ...), "
-            f"got a {type(data).__name__}"
+            f"{source}: expected a mapping of settings (model: auto, ...), got a {type(data).__name__}"
         )
     try:
         return DetectorConfig.model_validate(data)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import comb
+from typing import ClassVar
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class AlertPolicy(ArrayState):
     [0, 0, 0, 1, 1, 1, 1, 0, 0]
     """
 
-    fields = {
+    fields: ClassVar[dict[str, tuple[type, tuple[int, ...], float]]] = {
         "recent": (np.uint32, (), 0),
         "firing": (np.bool_, (), False),
         "quiet_run": (np.int32, (), 0),
@@ -85,8 +86,7 @@ class AlertPolicy(ArrayState):
     ) -> None:
         if not 1 <= min_anomalous <= window <= 32:
             raise ValueError(
-                f"persistence needs 1 <= min_anomalous <= window <= 32, "
-                f"got {min_anomalous} of {window}"
+                f"persistence needs 1 <= min_anomalous <= window <= 32, got {min_anomalous} of {window}"
             )
         if false_alerts_per_week <= 0:
             raise ValueError(
@@ -130,7 +130,9 @@ class AlertPolicy(ArrayState):
         count = np.bitwise_count(recent)
         firing = self.arrays["firing"][ids]
         calm = known & (p > np.minimum(10.0 * alpha, 0.5))
-        quiet_run = np.where(calm, self.arrays["quiet_run"][ids] + 1, np.where(known, 0, self.arrays["quiet_run"][ids]))
+        quiet_run = np.where(
+            calm, self.arrays["quiet_run"][ids] + 1, np.where(known, 0, self.arrays["quiet_run"][ids])
+        )
         resolves = firing & (quiet_run >= self.resolve_after)
         cooldown_until = np.where(resolves, t + self.cooldown, self.arrays["cooldown_until"][ids])
         onset = ~firing & anomalous & (count >= self.min_anomalous) & (t >= cooldown_until)

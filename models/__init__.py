@@ -11,16 +11,22 @@ updates many series (the engine's hot path), and a model with arrays of length
 one is the one-sample path.  State round-trips through plain arrays, no pickle.
 """
 
-from models.base import Assessment, OnlineModel
 from models.auto import AutoModel
+from models.base import Assessment, OnlineModel
+from models.changepoint import LevelShift
 from models.ewma import RobustEWMA
+from models.multivariate import GroupHalfSpaceTrees
+from models.quantile import RobustQuantile
 from models.seasonal import SeasonalProfile, detect_period
 
 __all__ = [
     "Assessment",
     "AutoModel",
+    "GroupHalfSpaceTrees",
+    "LevelShift",
     "OnlineModel",
     "RobustEWMA",
+    "RobustQuantile",
     "SeasonalProfile",
     "detect_period",
 ]

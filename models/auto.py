@@ -37,7 +37,8 @@ class AutoModel:
     ...     out = model.assess(ids, np.array([60.0 * step]), np.array([value]))
     ...     if step == 300:
     ...         first = float(out.deviation[0])
-    ...     model.learn(ids, np.array([60.0 * step]), np.array([value]), np.ones(1) * (step < 300))
+    ...     weight = 1.0 if step < 300 else 1e-6  # flagged points barely teach
+    ...     model.learn(ids, np.array([60.0 * step]), np.array([value]), np.array([weight]))
     >>> first > 10, abs(float(out.deviation[0])) < 4
     (True, True)
     """
@@ -109,12 +110,17 @@ class AutoModel:
         seasonal = self.seasonal.assess(ids, t, x)
         pick = self._uses_seasonal(ids)
         point = np.where(pick, seasonal.deviation, flat.deviation)
-        warm = ~flat.warming
-        self.own["mean_deviation"][ids] = np.where(warm, self._next_mean_deviation(ids, point), 0.0)
+        # A point with no weight (a gap, a silenced point) teaches nothing, not even errors.
+        warm = ~flat.warming & (weight > 0)
+        mean_deviation = self.own["mean_deviation"][ids]
+        self.own["mean_deviation"][ids] = np.where(
+            warm, self._next_mean_deviation(ids, point), np.where(weight > 0, 0.0, mean_deviation)
+        )
         for name, assessment in (("error_flat", flat), ("error_seasonal", seasonal)):
             error = np.abs(x - assessment.expected)
             old = self.own[name][ids]
-            self.own[name][ids] = np.where(warm, old + self._error_rate * (error - old), error)
+            learned = np.where(flat.warming, error, old + self._error_rate * (error - old))
+            self.own[name][ids] = np.where(weight > 0, learned, old)
         residual = x - np.where(pick, seasonal.expected, flat.expected)
         self._adopt_shifts(ids, residual, point, warm)
         self.flat.learn(ids, t, x, weight)
@@ -128,8 +134,10 @@ class AutoModel:
         direction = np.sign(point)
         same_side = np.sign(run) == direction
         run = np.where(beyond, np.where(same_side, run + direction, direction), 0).astype(np.int32)
+        idle = ~warm
+        run = np.where(idle, self.own["run"][ids], run)
         run_sum = np.where(beyond & same_side, self.own["run_sum"][ids] + residual, residual)
-        run_sum = np.where(beyond, run_sum, 0.0)
+        run_sum = np.where(beyond, run_sum, np.where(idle, self.own["run_sum"][ids], 0.0))
         adopt = np.abs(run) >= self.adopt_after
         if np.any(adopt):
             chosen = ids[adopt]

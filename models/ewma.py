@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from models.base import (
@@ -48,7 +50,7 @@ class RobustEWMA(ArrayState):
     (True, False)
     """
 
-    fields = {
+    fields: ClassVar[dict[str, tuple[type, tuple[int, ...], float]]] = {
         "level": (np.float64, (), 0.0),
         "mean_abs": (np.float64, (), 0.0),
         "seen": (np.float64, (), 0.0),

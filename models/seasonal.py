@@ -37,9 +37,11 @@ class SeasonalProfile(ArrayState):
         Knots in the profile.
     weekly
         Also learn one offset per day of the week.
-    halflife, season_halflife, scale_halflife
-        Memories, in samples for the level and scale, and in visits per knot
-        for the profile.
+    halflife, scale_halflife
+        Memories of the level and the overall scale, in samples.
+    season_halflife
+        Memory of the profile, in passes over each knot (days, for a daily
+        profile), independent of the sampling interval.
     huber
         Clip residuals at this many scales before learning from them.
     warmup
@@ -68,7 +70,7 @@ class SeasonalProfile(ArrayState):
         bins: int = 24,
         weekly: bool = True,
         halflife: float = 48.0,
-        season_halflife: float = 4.0,
+        season_halflife: float = 1.0,
         scale_halflife: float = 288.0,
         huber: float = 3.0,
         calm_fraction: float = 0.25,
@@ -86,7 +88,6 @@ class SeasonalProfile(ArrayState):
         self.calm_fraction = calm_fraction
         self.warmup = warmup
         self._level_rate = learning_rate(halflife)
-        self._season_rate = learning_rate(season_halflife)
         self._scale_rate = learning_rate(scale_halflife)
         super().__init__()
 
@@ -98,6 +99,7 @@ class SeasonalProfile(ArrayState):
             "profile": (np.float32, (self.bins,), 0.0),
             "spread": (np.float32, (self.bins,), 0.0),
             "weekday": (np.float32, (7,), 0.0),
+            "last_t": (np.float64, (), np.nan),
         }
 
     def _knots(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,6 +143,19 @@ class SeasonalProfile(ArrayState):
         deviation = np.where(seen > 0, (x - expected) / scale, 0.0)
         return Assessment(expected, scale, deviation, seen < self.warmup)
 
+    def _time_rate(self, ids: np.ndarray, t: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """Profile learning rate for this point, from the time it covers.
+
+        ``season_halflife`` counts passes over a knot, whatever the sampling
+        interval: a 15-second series and a 5-minute one learn their daily shape
+        equally fast, in days.
+        """
+        knot_span = self.period / self.bins
+        gap = t - self.arrays["last_t"][ids]
+        covered = np.where(np.isfinite(gap) & (gap > 0), np.minimum(gap, knot_span), 0.0)
+        self.arrays["last_t"][ids] = np.where(weight > 0, t, self.arrays["last_t"][ids])
+        return (1.0 - 0.5 ** (covered / (self.season_halflife * knot_span))) * weight
+
     def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
         seen = self.arrays["seen"][ids]
         level = np.where(seen == 0, x, self.arrays["level"][ids])
@@ -151,7 +166,8 @@ class SeasonalProfile(ArrayState):
         level_rate = warmup_rate(self._level_rate, seen) * weight
         self.arrays["level"][ids] = level + level_rate * clipped
         left, right, frac = self._knots(t)
-        step = (self._season_rate * weight * clipped).astype(np.float32)
+        season_rate = self._time_rate(ids, t, weight)
+        step = (season_rate * clipped).astype(np.float32)
         profile = self.arrays["profile"]
         left_step = (1.0 - frac).astype(np.float32) * step
         right_step = frac.astype(np.float32) * step
@@ -169,7 +185,7 @@ class SeasonalProfile(ArrayState):
         size = np.abs(clipped).astype(np.float32)
         for knot, share in ((left, 1.0 - frac), (right, frac)):
             old = spread[ids, knot]
-            rate = (self._season_rate * weight * share).astype(np.float32)
+            rate = (season_rate * share).astype(np.float32)
             spread[ids, knot] = np.where(old > 0, old + rate * (size - old), size)
         mean_abs = self.arrays["mean_abs"][ids]
         scale_rate = warmup_rate(self._scale_rate, seen) * weight
@@ -196,7 +212,7 @@ class SeasonalProfile(ArrayState):
         n_slots = int(slot.max()) + 1
         if n_slots < 2 * self.bins:
             ids = np.array([series_id])
-            for moment, value in zip(t, x):
+            for moment, value in zip(t, x, strict=True):
                 self.learn(ids, np.array([moment]), np.array([value]), np.ones(1))
             return
         sums = np.bincount(slot, weights=x, minlength=n_slots)
@@ -219,7 +235,9 @@ class SeasonalProfile(ArrayState):
         return f"SeasonalProfile(period={self.period}, bins={self.bins}, weekly={self.weekly})"
 
 
-def detect_period(t: np.ndarray, x: np.ndarray, candidates: tuple[float, ...] = (3600.0, DAY, WEEK)) -> float | None:
+def detect_period(
+    t: np.ndarray, x: np.ndarray, candidates: tuple[float, ...] = (3600.0, DAY, WEEK)
+) -> float | None:
     """The candidate period with the strongest autocorrelation, or None.
 
     Resamples the history to a regular grid at its median interval and asks
@@ -250,8 +268,8 @@ def detect_period(t: np.ndarray, x: np.ndarray, candidates: tuple[float, ...] = 
     usable = [c for c in candidates if 2 * c / interval < len(regular)]
     if not usable:
         return None
-    lags = [int(round(c / interval)) for c in usable]
+    lags = [round(c / interval) for c in usable]
     correlation = acf(regular, nlags=max(lags), fft=True)
-    strength = {c: correlation[lag] - correlation[lag // 2] for c, lag in zip(usable, lags)}
+    strength = {c: correlation[lag] - correlation[lag // 2] for c, lag in zip(usable, lags, strict=True)}
     best = max(strength, key=lambda c: strength[c])
     return best if strength[best] >= 0.3 else None

@@ -1,0 +1,1 @@
+"""The service shell: command line now, HTTP service later."""

@@ -1,0 +1,214 @@
+"""The ``anomaly-detector backtest`` command, run on real files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector.backtest import OUTPUT_COLUMNS
+from detector.recorded import parse_timestamp
+from service.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = parse_timestamp("2026-03-02 00:00:00")
+ROWS = 600
+SPIKE = range(500, 503)
+
+
+def _stamp(seconds: float) -> str:
+    minutes = int(seconds - BASE) // 60
+    day, minute = divmod(minutes, 1440)
+    return f"2026-03-{2 + day:02d} {minute // 60:02d}:{minute % 60:02d}:00"
+
+
+def _write(path: Path, rows: list[tuple[str, str]], header: str = "timestamp,value") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header, *(f"{t},{v}" for t, v in rows)]) + "\n")
+    return path
+
+
+def _spiky(path: Path) -> Path:
+    """Minutely noise around 100 with a three-minute spike to 160."""
+    values = 100.0 + np.random.default_rng(0).normal(0.0, 1.0, ROWS)
+    values[SPIKE.start : SPIKE.stop] = 160.0
+    return _write(path, [(_stamp(BASE + 60 * i), f"{v:.3f}") for i, v in enumerate(values)])
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("anomaly-detector: error: ")
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+def test_one_output_row_per_input_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = _spiky(tmp_path / "in" / "spiky.csv")
+    assert main(["backtest", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 0
+    rows = _read(tmp_path / "out" / "spiky.csv")
+    assert list(rows[0]) == OUTPUT_COLUMNS
+    assert [r["timestamp"] for r in rows] == [r["timestamp"] for r in _read(source)]
+    scores = [float(r["anomaly_score"]) for r in rows]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    summary = capsys.readouterr().out
+    assert "series         1" in summary and f"points         {ROWS}" in summary
+
+
+def test_spike_alerts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _spiky(tmp_path / "spiky.csv")
+    assert main(["backtest", str(tmp_path / "spiky.csv"), "--output", str(tmp_path / "out")]) == 0
+    rows = _read(tmp_path / "out" / "spiky.csv")
+    assert any(rows[i]["alert"] == "1" for i in SPIKE)
+    assert max(float(rows[i]["anomaly_score"]) for i in SPIKE) > 0.999
+    assert "alerts opened" in capsys.readouterr().out
+
+
+def test_gaps_stay_gaps(tmp_path: Path) -> None:
+    rows = [(_stamp(BASE + 60 * i), "5.0") for i in range(50)]
+    rows[20] = (rows[20][0], "")
+    rows[30] = (rows[30][0], "NaN")
+    _write(tmp_path / "gaps.csv", rows)
+    assert main(["backtest", str(tmp_path / "gaps.csv"), "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    out = _read(tmp_path / "out" / "gaps.csv")
+    assert len(out) == 50
+    assert out[20]["value"] == "" and out[30]["value"] == ""
+    assert out[20]["alert"] == "0" and float(out[20]["anomaly_score"]) == 0.0
+    assert out[21]["value"] == "5"
+
+
+def test_repeated_and_backwards_timestamps(tmp_path: Path) -> None:
+    stamps = [BASE + 60 * i for i in range(100)]
+    stamps[40] = stamps[39]
+    stamps[60] = stamps[50]
+    rows = [(_stamp(t), f"{10 + i % 3}") for i, t in enumerate(stamps)]
+    _write(tmp_path / "odd.csv", rows)
+    assert main(["backtest", str(tmp_path / "odd.csv"), "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    out = _read(tmp_path / "out" / "odd.csv")
+    assert [r["timestamp"] for r in out] == [t for t, _ in rows]
+    assert all(math.isfinite(float(r["anomaly_score"])) for r in out)
+
+
+def test_several_series_keep_their_relative_paths(tmp_path: Path) -> None:
+    _spiky(tmp_path / "in" / "a" / "one.csv")
+    _write(tmp_path / "in" / "b" / "two.csv", [(_stamp(BASE + 60 * i), "1") for i in range(10)])
+    assert main(["backtest", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    assert len(_read(tmp_path / "out" / "a" / "one.csv")) == ROWS
+    assert len(_read(tmp_path / "out" / "b" / "two.csv")) == 10
+
+
+def test_labels_report_windows_detected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _spiky(tmp_path / "in" / "spiky.csv")
+    labels = tmp_path / "labels.json"
+    window = [_stamp(BASE + 60 * (SPIKE.start - 5)), _stamp(BASE + 60 * (SPIKE.stop + 5))]
+    labels.write_text(json.dumps({"spiky.csv": [window], "other.csv": [window]}))
+    argv = ["backtest", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--labels", str(labels)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "labelled       1 of 1 series" in out
+    header = next(line for line in out.splitlines() if line.startswith("series ") and "detected" in line)
+    assert "windows  detected  false alerts" in header
+    total = next(line for line in out.splitlines() if line.startswith("total "))
+    windows, detected = total.split()[1:3]
+    assert (windows, detected) == ("1", "1")
+
+
+def test_config_is_applied(tmp_path: Path) -> None:
+    _spiky(tmp_path / "spiky.csv")
+    config = tmp_path / "config.yaml"
+    config.write_text("model: ewma\nalerting: {min_anomalous: 1, window: 1, cooldown: 1h}\n")
+    argv = ["backtest", str(tmp_path / "spiky.csv"), "--output", str(tmp_path / "out")]
+    assert main([*argv, "--config", str(config), "--quiet"]) == 0
+    rows = _read(tmp_path / "out" / "spiky.csv")
+    assert rows[SPIKE.start]["alert"] == "1"
+
+
+def test_unknown_config_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _spiky(tmp_path / "spiky.csv")
+    config = tmp_path / "config.yaml"
+    config.write_text("alerting: {cooldown: 5m, windw: 4}\n")
+    argv = [
+        "backtest",
+        str(tmp_path / "spiky.csv"),
+        "--output",
+        str(tmp_path / "out"),
+        "--config",
+        str(config),
+    ]
+    err = _fails(argv, capsys)
+    assert f"{config}: alerting.windw: unknown key" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path / "bad.csv", [("2026-03-02 00:00:00", "1")], header="time,val")
+    err = _fails(["backtest", str(path), "--output", str(tmp_path / "out")], capsys)
+    assert f"{path}:1: header is time,val" in err
+
+
+def test_unparsable_timestamp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path / "bad.csv", [("2026-03-02 00:00:00", "1"), ("yesterday", "2")])
+    err = _fails(["backtest", str(path), "--output", str(tmp_path / "out")], capsys)
+    assert f"{path}:3: timestamp 'yesterday'" in err
+
+
+def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _fails(["backtest", str(tmp_path / "absent.csv"), "--output", str(tmp_path / "out")], capsys)
+    assert "absent.csv: no such file or directory" in err
+
+
+def test_malformed_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _spiky(tmp_path / "spiky.csv")
+    labels = tmp_path / "labels.json"
+    labels.write_text('{"spiky.csv": [["2026-03-02 00:00:00"]]}')
+    argv = [
+        "backtest",
+        str(tmp_path / "spiky.csv"),
+        "--output",
+        str(tmp_path / "out"),
+        "--labels",
+        str(labels),
+    ]
+    assert "'spiky.csv' window 1: expected [start, end]" in _fails(argv, capsys)
+
+
+def test_refuses_to_overwrite_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = _spiky(tmp_path / "in" / "spiky.csv")
+    before = source.read_text()
+    err = _fails(["backtest", str(tmp_path / "in"), "--output", str(tmp_path / "in")], capsys)
+    assert "would overwrite its input" in err
+    assert source.read_text() == before
+
+
+def test_python_dash_m_service(tmp_path: Path) -> None:
+    _spiky(tmp_path / "spiky.csv")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "backtest",
+            str(tmp_path / "spiky.csv"),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "points/s" in completed.stdout
+    assert completed.stderr == ""  # no progress bar when stderr is not a terminal
+    assert (tmp_path / "out" / "spiky.csv").is_file()
