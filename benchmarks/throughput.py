@@ -28,7 +28,11 @@ from detector.config import DetectorConfig, build_engine  # noqa: E402
 
 def state_bytes_per_series(engine) -> float:
     """Bytes held per series by model, calibrator and policy arrays."""
-    arrays = [*engine.model.state_dict().values(), *engine.calibrator.arrays.values(), *engine.policy.arrays.values()]
+    arrays = [
+        *engine.model.state_dict().values(),
+        *engine.calibrator.arrays.values(),
+        *engine.policy.arrays.values(),
+    ]
     return sum(a.nbytes for a in arrays) / len(engine.series)
 
 
