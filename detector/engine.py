@@ -197,8 +197,7 @@ class Engine:
         lower_z = self.calibrator.quantile(ids, tail, upper=False)
         scale = assessment.scale
         # No band until both the model and the calibration have something to say.
-        banded = model_warm | ~assessment.warming
-        banded &= self.calibrator.effective_count(ids) > 0
+        banded = ~assessment.warming & (self.calibrator.effective_count(ids) > 0)
         return ScoredBatch(
             anomaly_score=np.where(valid, 1.0 - np.nan_to_num(p, nan=1.0), 0.0),
             expected=assessment.expected,

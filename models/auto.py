@@ -62,7 +62,6 @@ class AutoModel:
         # Variance of an EWMA of unit-variance noise, to rescale it to unit variance.
         self._shift_norm = float(np.sqrt(self._shift_rate / (2.0 - self._shift_rate)))
         self._error_rate = learning_rate(288.0)
-        self.own: dict[str, np.ndarray] = {}
         self._own_specs: dict[str, tuple[type, float]] = {
             "error_flat": (np.float64, 0.0),
             "error_seasonal": (np.float64, 0.0),
@@ -70,7 +69,9 @@ class AutoModel:
             "run": (np.int32, 0),
             "run_sum": (np.float64, 0.0),
         }
-        self.own = {name: np.zeros(0, dtype=dtype) for name, (dtype, _) in self._own_specs.items()}
+        self.own: dict[str, np.ndarray] = {
+            name: np.zeros(0, dtype=dtype) for name, (dtype, _) in self._own_specs.items()
+        }
 
     @property
     def warmup(self) -> int:
