@@ -37,6 +37,12 @@ IdArray = np.ndarray
 #: finite deviations (a change on it is then very large, which is right).
 SCALE_FLOOR = 1e-9
 
+
+def scale_floor(level: np.ndarray) -> np.ndarray:
+    """The smallest scale a model may report around ``level`` (relative above 1)."""
+    return SCALE_FLOOR * np.maximum(1.0, np.abs(level))
+
+
 #: Multiplying a mean absolute deviation by this gives a standard deviation
 #: for Gaussian data (sqrt(pi/2)); it keeps deviations comparable across models.
 MEAN_ABS_TO_SIGMA = 1.2533141373155003

@@ -8,10 +8,10 @@ import numpy as np
 
 from models.base import (
     MEAN_ABS_TO_SIGMA,
-    SCALE_FLOOR,
     ArrayState,
     Assessment,
     learning_rate,
+    scale_floor,
     warmup_rate,
 )
 from models.quantile import MAD_TO_SIGMA, START, median_of_three
@@ -128,7 +128,7 @@ class LevelShift(ArrayState):
         self._scale_rate = learning_rate(scale_halflife)
 
     def _scale(self, ids: np.ndarray) -> np.ndarray:
-        floor = SCALE_FLOOR * np.maximum(1.0, np.abs(self.arrays["level"][ids]))
+        floor = scale_floor(self.arrays["level"][ids])
         return np.maximum(self.arrays["mean_abs"][ids] * MEAN_ABS_TO_SIGMA, floor)
 
     def _runs(

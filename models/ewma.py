@@ -8,10 +8,10 @@ import numpy as np
 
 from models.base import (
     MEAN_ABS_TO_SIGMA,
-    SCALE_FLOOR,
     ArrayState,
     Assessment,
     learning_rate,
+    scale_floor,
     warmup_rate,
 )
 
@@ -73,7 +73,7 @@ class RobustEWMA(ArrayState):
 
     def _scale(self, ids: np.ndarray) -> np.ndarray:
         level = self.arrays["level"][ids]
-        floor = SCALE_FLOOR * np.maximum(1.0, np.abs(level))
+        floor = scale_floor(level)
         return np.maximum(self.arrays["mean_abs"][ids] * MEAN_ABS_TO_SIGMA, floor)
 
     def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:

@@ -8,10 +8,10 @@ import numpy as np
 
 from models.base import (
     MEAN_ABS_TO_SIGMA,
-    SCALE_FLOOR,
     ArrayState,
     Assessment,
     learning_rate,
+    scale_floor,
     warmup_rate,
 )
 
@@ -137,7 +137,7 @@ class RobustQuantile(ArrayState):
 
     @staticmethod
     def _combine(median: np.ndarray, mad: np.ndarray, off: np.ndarray, size: np.ndarray) -> np.ndarray:
-        floor = SCALE_FLOOR * np.maximum(1.0, np.abs(median))
+        floor = scale_floor(median)
         return np.maximum(np.maximum(MAD_TO_SIGMA * mad, np.sqrt(off) * size), floor)
 
     def _scale(self, ids: np.ndarray) -> np.ndarray:

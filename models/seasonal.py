@@ -10,6 +10,7 @@ from models.base import (
     ArrayState,
     Assessment,
     learning_rate,
+    scale_floor,
     warmup_rate,
 )
 
@@ -133,7 +134,7 @@ class SeasonalProfile(ArrayState):
         local = (1.0 - frac) * spread[ids, left] + frac * spread[ids, right]
         local = np.where(local > 0, local, overall)
         mean_abs = np.maximum(local, self.calm_fraction * overall)
-        floor = SCALE_FLOOR * np.maximum(1.0, np.abs(self.arrays["level"][ids]))
+        floor = scale_floor(self.arrays["level"][ids])
         return np.maximum(mean_abs * MEAN_ABS_TO_SIGMA, floor)
 
     def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:
