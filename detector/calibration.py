@@ -38,7 +38,7 @@ from typing import Literal
 
 import numpy as np
 
-from models.base import ArrayState
+from models.base import ArrayState, FieldSpecs
 
 Direction = Literal["both", "high", "low"]
 
@@ -127,7 +127,7 @@ class TailCalibrator(ArrayState):
         self._growth = 1.0 / (1.0 - 1.0 / memory)
         super().__init__()
 
-    def field_specs(self) -> dict[str, tuple[type, tuple[int, ...], float]]:
+    def field_specs(self) -> FieldSpecs:
         return {
             # mass_at_or_above[k]: decayed weight of past deviations in bins >= k
             "mass_at_or_above": (np.float64, (_BINS + 1,), 0.0),

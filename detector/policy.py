@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from models.base import ArrayState
+from models.base import ArrayState, FieldSpecs
 
 SECONDS_PER_WEEK = 7 * 24 * 3600.0
 #: Before a series' sampling interval is known, assume Prometheus's default.
@@ -67,7 +67,7 @@ class AlertPolicy(ArrayState):
     [0, 0, 0, 1, 1, 1, 1, 0, 0]
     """
 
-    fields: ClassVar[dict[str, tuple[type, tuple[int, ...], float]]] = {
+    fields: ClassVar[FieldSpecs] = {
         "recent": (np.uint32, (), 0),
         "firing": (np.bool_, (), False),
         "quiet_run": (np.int32, (), 0),

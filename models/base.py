@@ -31,6 +31,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 FloatArray = np.ndarray
+#: name -> (dtype, trailing shape, initial value) of each per-series array.
+FieldSpecs = dict[str, tuple[type, tuple[int, ...], float]]
 IdArray = np.ndarray
 
 #: Smallest scale any model reports, so a perfectly flat series still yields
@@ -97,7 +99,7 @@ class ArrayState:
     [0, 0, 0]
     """
 
-    fields: ClassVar[dict[str, tuple[type, tuple[int, ...], float]]] = {}
+    fields: ClassVar[FieldSpecs] = {}
 
     def __init__(self) -> None:
         self.arrays: dict[str, np.ndarray] = {
@@ -105,7 +107,7 @@ class ArrayState:
             for name, (dtype, shape, initial) in self.field_specs().items()
         }
 
-    def field_specs(self) -> dict[str, tuple[type, tuple[int, ...], float]]:
+    def field_specs(self) -> FieldSpecs:
         """The fields of this instance; override when shapes depend on parameters."""
         return dict(self.fields)
 

@@ -10,6 +10,7 @@ from models.base import (
     MEAN_ABS_TO_SIGMA,
     ArrayState,
     Assessment,
+    FieldSpecs,
     learning_rate,
     scale_floor,
     warmup_rate,
@@ -50,7 +51,7 @@ class RobustEWMA(ArrayState):
     (True, False)
     """
 
-    fields: ClassVar[dict[str, tuple[type, tuple[int, ...], float]]] = {
+    fields: ClassVar[FieldSpecs] = {
         "level": (np.float64, (), 0.0),
         "mean_abs": (np.float64, (), 0.0),
         "seen": (np.float64, (), 0.0),

@@ -10,6 +10,7 @@ from models.base import (
     MEAN_ABS_TO_SIGMA,
     ArrayState,
     Assessment,
+    FieldSpecs,
     learning_rate,
     scale_floor,
     warmup_rate,
@@ -110,7 +111,7 @@ class RobustQuantile(ArrayState):
     standard deviation ``sqrt(0.3) = 0.55``.
     """
 
-    fields: ClassVar[dict[str, tuple[type, tuple[int, ...], float]]] = {
+    fields: ClassVar[FieldSpecs] = {
         "median": (np.float64, (), 0.0),
         "mad": (np.float64, (), 0.0),
         "off": (np.float64, (), 0.0),

@@ -9,6 +9,7 @@ from models.base import (
     SCALE_FLOOR,
     ArrayState,
     Assessment,
+    FieldSpecs,
     learning_rate,
     scale_floor,
     warmup_rate,
@@ -92,7 +93,7 @@ class SeasonalProfile(ArrayState):
         self._scale_rate = learning_rate(scale_halflife)
         super().__init__()
 
-    def field_specs(self) -> dict[str, tuple[type, tuple[int, ...], float]]:
+    def field_specs(self) -> FieldSpecs:
         return {
             "level": (np.float64, (), 0.0),
             "mean_abs": (np.float64, (), 0.0),
