@@ -27,6 +27,8 @@ class ScoredBatch:
     """Per-point results of :meth:`Engine.process`, aligned with its input."""
 
     anomaly_score: np.ndarray
+    p_value: np.ndarray
+    deviation: np.ndarray
     expected: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
@@ -58,29 +60,64 @@ def occurrence_rank(ids: np.ndarray) -> np.ndarray:
 class SeriesTable:
     """Maps series keys (sorted label sets, file paths …) to dense row ids.
 
+    A released key's row is reused by the next new key, so a service whose
+    series come and go does not grow without bound.  Free rows have key ``""``.
+
     >>> table = SeriesTable()
     >>> table.ids(["b", "a", "b"]).tolist()
     [0, 1, 0]
     >>> table.keys
     ['b', 'a']
+    >>> table.release(["b"]).tolist(), table.ids(["c"]).tolist(), table.keys
+    ([0], [0], ['c', 'a'])
     """
 
-    def __init__(self) -> None:
-        self._ids: dict[str, int] = {}
-        self.keys: list[str] = []
+    def __init__(self, keys: list[str] | None = None) -> None:
+        self.keys: list[str] = list(keys or [])
+        self._ids: dict[str, int] = {key: row for row, key in enumerate(self.keys) if key}
+        self._free: list[int] = [row for row, key in enumerate(self.keys) if not key][::-1]
+        #: Rows handed to keys that had none before, since the last :meth:`take_new`.
+        self.new_rows: list[int] = []
 
     def __len__(self) -> int:
+        """Rows in use or free: the size per-series state must have."""
         return len(self.keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._ids
+
+    def get(self, key: str) -> int | None:
+        """The row of ``key``, or None if it has none."""
+        return self._ids.get(key)
+
+    def active(self) -> dict[str, int]:
+        """Every key with a row, and its row."""
+        return dict(self._ids)
 
     def ids(self, keys: list[str]) -> np.ndarray:
         out = np.empty(len(keys), dtype=np.int64)
         for position, key in enumerate(keys):
             found = self._ids.get(key)
             if found is None:
-                found = self._ids[key] = len(self.keys)
-                self.keys.append(key)
+                if not key:
+                    raise ValueError("a series key must not be empty")
+                found = self._free.pop() if self._free else len(self.keys)
+                if found == len(self.keys):
+                    self.keys.append(key)
+                else:
+                    self.keys[found] = key
+                self._ids[key] = found
+                self.new_rows.append(found)
             out[position] = found
         return out
+
+    def release(self, keys: list[str]) -> np.ndarray:
+        """Free the rows of these keys (unknown keys are ignored); returns the rows."""
+        rows = [self._ids.pop(key) for key in keys if key in self._ids]
+        for row in rows:
+            self.keys[row] = ""
+        self._free.extend(sorted(rows, reverse=True))
+        return np.array(rows, dtype=np.int64)
 
 
 class Engine:
@@ -130,16 +167,69 @@ class Engine:
     def register(self, keys: list[str]) -> np.ndarray:
         """Row ids for these series keys, creating cold state for new ones."""
         before = len(self.series)
+        self.series.new_rows.clear()
         ids = self.series.ids(keys)
         after = len(self.series)
         if after > before:
             for component in (self.model, self.calibrator, self.policy):
                 component.resize(after)
-            self.integer_valued = np.r_[self.integer_valued[:before], np.ones(after - before, dtype=bool)]
-            new = np.arange(before, after)
+            grown = np.ones(after, dtype=bool)
+            grown[:before] = self.integer_valued[:before]
+            self.integer_valued = grown
+        if self.series.new_rows:
+            new = np.array(self.series.new_rows, dtype=np.int64)
+            reused = new[new < before]
+            if len(reused):
+                self._reset(reused)
             seeds = np.array([series_seed(self.series.keys[i]) for i in new], dtype=np.uint64)
             self.calibrator.set_seeds(new, seeds)
         return ids
+
+    def _reset(self, ids: np.ndarray) -> None:
+        for component in (self.model, self.calibrator, self.policy):
+            component.reset(ids)
+        self.integer_valued[ids] = True
+
+    def forget(self, keys: list[str]) -> None:
+        """Drop these series (expired, or their config changed): their rows start cold when reused."""
+        rows = self.series.release(keys)
+        if len(rows):
+            self._reset(rows)
+
+    def quiet(self, ids: np.ndarray) -> None:
+        """Clear alert state (not learning) of these series, e.g. after replaying their history."""
+        self.policy.quiet(np.asarray(ids, dtype=np.int64))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The whole engine as named arrays: series keys plus every component's state.
+
+        >>> from models import RobustEWMA
+        >>> engine = Engine(RobustEWMA(), TailCalibrator(), AlertPolicy())
+        >>> ids = engine.register(["a", "b"])
+        >>> _ = engine.process(ids, np.array([0.0, 0.0]), np.array([1.0, 2.0]))
+        >>> copy = Engine(RobustEWMA(), TailCalibrator(), AlertPolicy())
+        >>> copy.load_state_dict(engine.state_dict())
+        >>> copy.series.keys, copy.register(["b"]).tolist()
+        (['a', 'b'], [1])
+        """
+        state = {
+            "engine.keys": np.array(self.series.keys, dtype=str),
+            "engine.integer_valued": self.integer_valued.copy(),
+        }
+        for prefix, component in self._components().items():
+            state.update({f"{prefix}.{name}": value for name, value in component.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict`; raises ValueError if it came from a different setup."""
+        for prefix, component in self._components().items():
+            start = len(prefix) + 1
+            component.load_state_dict({k[start:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+        self.series = SeriesTable([str(key) for key in state["engine.keys"]])
+        self.integer_valued = np.asarray(state["engine.integer_valued"], dtype=bool).copy()
+
+    def _components(self) -> dict[str, OnlineModel | TailCalibrator | AlertPolicy]:
+        return {"model": self.model, "calibrator": self.calibrator, "policy": self.policy}
 
     def _count_dither(self, ids: np.ndarray, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Uniform half-unit noise for series that have only ever been integers.
@@ -200,6 +290,8 @@ class Engine:
         banded = ~assessment.warming & (self.calibrator.effective_count(ids) > 0)
         return ScoredBatch(
             anomaly_score=np.where(valid, 1.0 - np.nan_to_num(p, nan=1.0), 0.0),
+            p_value=p,
+            deviation=np.where(model_warm, assessment.deviation, np.nan),
             expected=assessment.expected,
             lower=np.where(banded, assessment.expected + lower_z * scale, np.nan),
             upper=np.where(banded, assessment.expected + upper_z * scale, np.nan),

@@ -109,6 +109,11 @@ class AlertPolicy(ArrayState):
         alpha = (per_point / ways) ** (1.0 / self.min_anomalous)
         return np.clip(alpha, 1e-7, 0.05)
 
+    def quiet(self, ids: np.ndarray) -> None:
+        """Clear alert state but keep what was learned (the sampling interval)."""
+        for name in ("recent", "firing", "quiet_run", "cooldown_until"):
+            self.arrays[name][ids] = self.fields[name][2]
+
     def _track_interval(self, ids: np.ndarray, t: np.ndarray) -> None:
         gap = t - self.arrays["last_t"][ids]
         interval = self.arrays["interval"][ids]

@@ -88,6 +88,12 @@ class AutoModel:
                 grown[:old] = self.own[name][:old]
                 self.own[name] = grown
 
+    def reset(self, ids: np.ndarray) -> None:
+        self.flat.reset(ids)
+        self.seasonal.reset(ids)
+        for name, (_, initial) in self._own_specs.items():
+            self.own[name][ids] = initial
+
     def _uses_seasonal(self, ids: np.ndarray) -> np.ndarray:
         return self.own["error_seasonal"][ids] < self.seasonal_margin * self.own["error_flat"][ids]
 

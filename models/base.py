@@ -75,6 +75,9 @@ class OnlineModel(Protocol):
     def assess(self, ids: IdArray, t: FloatArray, x: FloatArray) -> Assessment:
         """Forecast and deviation for each point, without learning from it."""
 
+    def reset(self, ids: IdArray) -> None:
+        """Return these series to cold state."""
+
     def learn(self, ids: IdArray, t: FloatArray, x: FloatArray, weight: FloatArray) -> None:
         """Update each series with its point, each weighted in [0, 1]."""
 
@@ -124,6 +127,11 @@ class ArrayState:
             grown = np.full((capacity, *shape), initial, dtype=dtype)
             grown[:old] = self.arrays[name][:old]
             self.arrays[name] = grown
+
+    def reset(self, ids: np.ndarray) -> None:
+        """Return these series to cold state (a series that vanished, or a reused row)."""
+        for name, (_, _, initial) in self.field_specs().items():
+            self.arrays[name][ids] = initial
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {name: array.copy() for name, array in self.arrays.items()}
