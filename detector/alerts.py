@@ -1,0 +1,94 @@
+"""What an alert says: the data passed from the alert policy to the sinks.
+
+An :class:`AlertEvent` is one state of one incident (opened, still firing,
+resolved).  It is plain data with a JSON round trip, so the outbox can store it
+and a restart can deliver it later, and every sink formats the same facts.
+
+>>> finding = SeriesFinding(
+...     key='{instance="a",job="api"}', labels={"instance": "a", "job": "api"},
+...     observed=950.0, expected=400.0, lower=300.0, upper=500.0, p_value=2e-6,
+...     direction="high", started_at=1700000000.0, model="auto", warming=False)
+>>> event = AlertEvent(
+...     incident_id="api-1", status="firing", detector="latency",
+...     group_labels={"job": "api"}, opened_at=1700000000.0, resolved_at=None,
+...     updated_at=1700000060.0, sequence=1, findings=(finding,),
+...     summary="latency: api above its expected band", description="…", links={})
+>>> AlertEvent.from_dict(event.to_dict()) == event
+True
+>>> event.top.observed
+950.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Direction = Literal["high", "low"]
+Status = Literal["firing", "resolved"]
+
+
+@dataclass(frozen=True)
+class SeriesFinding:
+    """One series' part in an alert: what was expected, what was seen, how unusual.
+
+    ``p_value`` is calibrated: the probability, under the series' own recent
+    normal behaviour, of a deviation at least this large (score = 1 - p).
+    """
+
+    key: str
+    labels: dict[str, str]
+    observed: float
+    expected: float
+    lower: float
+    upper: float
+    p_value: float
+    direction: Direction
+    started_at: float
+    model: str
+    warming: bool
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """One state of one incident, as the sinks deliver it.
+
+    ``incident_id`` is deterministic (detector, group and opening time), so a
+    retried delivery is a no-op at the receiver; ``sequence`` counts the
+    incident's events, so ``(incident_id, sequence)`` identifies a delivery.
+    ``findings`` are ranked, most unusual first.
+    """
+
+    incident_id: str
+    status: Status
+    detector: str
+    group_labels: dict[str, str]
+    opened_at: float
+    resolved_at: float | None
+    updated_at: float
+    sequence: int
+    findings: tuple[SeriesFinding, ...]
+    summary: str
+    description: str
+    links: dict[str, str]
+    correlated: tuple[str, ...] = field(default=())
+
+    @property
+    def top(self) -> SeriesFinding:
+        """The most unusual contributing series."""
+        return self.findings[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (floats and strings only)."""
+        data = asdict(self)
+        data["findings"] = [asdict(finding) for finding in self.findings]
+        data["correlated"] = list(self.correlated)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlertEvent:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["findings"] = tuple(SeriesFinding(**finding) for finding in data["findings"])
+        values["correlated"] = tuple(data.get("correlated", ()))
+        return cls(**values)
