@@ -9,7 +9,7 @@ and a restart can deliver it later, and every sink formats the same facts.
 ...     observed=950.0, expected=400.0, lower=300.0, upper=500.0, p_value=2e-6,
 ...     direction="high", started_at=1700000000.0, model="auto", warming=False)
 >>> event = AlertEvent(
-...     incident_id="api-1", status="firing", detector="latency",
+...     incident_id="api-1", status="firing", change="opened", detector="latency",
 ...     group_labels={"job": "api"}, opened_at=1700000000.0, resolved_at=None,
 ...     updated_at=1700000060.0, sequence=1, findings=(finding,),
 ...     summary="latency: api above its expected band", description="…", links={})
@@ -26,6 +26,10 @@ from typing import Any, Literal
 
 Direction = Literal["high", "low"]
 Status = Literal["firing", "resolved"]
+#: Why an event was emitted: sinks that page people (Slack, PagerDuty) act on
+#: opened/updated/resolved; lease-based receivers (Alertmanager) also need
+#: the periodic ``refreshed`` re-sends of a still-firing incident.
+Change = Literal["opened", "updated", "refreshed", "resolved"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class AlertEvent:
 
     incident_id: str
     status: Status
+    change: Change
     detector: str
     group_labels: dict[str, str]
     opened_at: float
