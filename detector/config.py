@@ -34,9 +34,9 @@ import math
 import os
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -71,6 +71,7 @@ MODELS: dict[str, type[OnlineModel]] = {
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
 #: Component hints such as ``RobustEWMA | None`` may hold an instance.
 _ANY_TYPE = ConfigDict(arbitrary_types_allowed=True)
 
@@ -209,35 +210,65 @@ def _build(cls: type, params: Mapping[str, Any], where: str) -> Any:
         raise ValueError(f"{where}: {error}") from None
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def _describe(error: Mapping[str, Any], root: type[BaseModel]) -> str:
     """One pydantic error as ``key.path: what is wrong; what is allowed``."""
     loc = [str(part) for part in error["loc"]]
     if error["type"] == "value_error":
         message = str(error["ctx"]["error"])
     elif error["type"] == "extra_forbidden":
-        section: type[BaseModel] = DetectorConfig
-        for part in loc[:-1]:
-            section = typing.cast(type[BaseModel], section.model_fields[part].annotation)
-        message = f"unknown key; allowed: {', '.join(section.model_fields)}"
+        allowed = _fields_at(root, error["loc"][:-1])
+        message = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
     else:
         message = f"{error['msg']}, got {error['input']!r}"
     # Errors raised by a whole-config check (model_params) carry their own key path.
     return f"{'.'.join(loc)}: {message}" if loc else message
 
 
+def _fields_at(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed in the section at ``loc`` (list indexes and union tags skipped)."""
+    section: Any = root
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(section, type) and issubclass(section, BaseModel)):
+            continue
+        if part not in section.model_fields:
+            return []
+        hint = section.model_fields[part].annotation
+        options = [
+            a for a in (*typing.get_args(hint), hint) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        section = options[0] if options else hint
+    return list(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
+
+
+def validate_settings(
+    model: type[SettingsT],
+    data: Any,
+    source: str,
+    lines: Callable[[tuple[Any, ...]], int | None] | None = None,
+) -> SettingsT:
+    """``model.model_validate(data)`` with errors as one :class:`ConfigError`.
+
+    Each error line names the source (and the YAML line of the key when
+    ``lines`` can find it), the key path, what is wrong and what is allowed.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of settings, got a {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        messages = []
+        for problem in error.errors():
+            line = lines(tuple(problem["loc"])) if lines is not None else None
+            where = f"{source}:{line}" if line is not None else source
+            messages.append(f"{where}: {_describe(problem, model)}")
+        raise ConfigError("\n".join(messages)) from None
+
+
 def parse_config(data: Mapping[str, Any] | None, source: str = "config") -> DetectorConfig:
     """Validate already-parsed settings; errors are :class:`ConfigError` naming ``source``."""
     if data is None:
         return DetectorConfig()
-    if not isinstance(data, Mapping):
-        raise ConfigError(
-            f"{source}: expected a mapping of settings (model: auto, ...), got a {type(data).__name__}"
-        )
-    try:
-        return DetectorConfig.model_validate(data)
-    except ValidationError as error:
-        lines = [f"{source}: {_describe(e)}" for e in error.errors()]
-        raise ConfigError("\n".join(lines)) from None
+    return validate_settings(DetectorConfig, data, source)
 
 
 def _expand_environment(text: str, source: str) -> str:
@@ -256,6 +287,63 @@ def _expand_environment(text: str, source: str) -> str:
     return _ENV_REFERENCE.sub(replace, text)
 
 
+class YamlDocument:
+    r"""A YAML file read with ``${VAR:-default}`` expanded, that knows where each key is.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
+    >>> _ = path.write_text("model: auto\nalerting:\n  window: 5x\n")
+    >>> document = YamlDocument.read(path)
+    >>> document.data["alerting"], document.line_of(("alerting", "window"))
+    ({'window': '5x'}, 3)
+    """
+
+    def __init__(self, data: Any, source: str, root: yaml.Node | None) -> None:
+        self.data = data
+        self.source = source
+        self._root = root
+
+    @classmethod
+    def read(cls, path: Path) -> YamlDocument:
+        """Raises :class:`ConfigError` for a missing file, an unset variable or invalid YAML."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(
+                f"{path}: cannot read the configuration ({error.strerror}); give an existing YAML file"
+            ) from None
+        text = _expand_environment(text, str(path))
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(error, "problem", None) or error
+            raise ConfigError(f"{where}: not valid YAML ({problem})") from None
+        return cls(data, str(path), root)
+
+    def line_of(self, loc: tuple[Any, ...]) -> int | None:
+        """1-based line of the deepest key of ``loc`` that exists in the file."""
+        node, line = self._root, None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                found = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+                if found is None:
+                    break
+                line, node = found[0].start_mark.line + 1, found[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    def validate(self, model: type[SettingsT]) -> SettingsT:
+        """The settings as ``model``; errors name this file, the line and the key."""
+        return validate_settings(model, self.data, self.source, self.line_of)
+
+
 def load_config(path: Path | str | None) -> DetectorConfig:
     """Read a YAML configuration; no path (``None`` or ``""``) means the defaults.
 
@@ -264,23 +352,10 @@ def load_config(path: Path | str | None) -> DetectorConfig:
     """
     if path is None or str(path) == "":
         return DetectorConfig()
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(
-            f"{path}: cannot read the configuration ({error.strerror}); "
-            "give an existing YAML file, or no --config for the defaults"
-        ) from None
-    text = _expand_environment(text, str(path))
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(error, "problem", None) or error
-        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
-    return parse_config(data, str(path))
+    document = YamlDocument.read(Path(path))
+    if document.data is None:
+        return DetectorConfig()
+    return document.validate(DetectorConfig)
 
 
 def build_engine(config: DetectorConfig) -> Engine:

@@ -84,7 +84,7 @@ def test_bad_duration_message_in_full(tmp_path: Path) -> None:
     path = _write(tmp_path, "alerting: {cooldown: 5x}\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert str(caught.value) == f"{path}: alerting.cooldown: '5x' is not a duration; use 30s, 5m, 1h, 7d"
+    assert str(caught.value) == f"{path}:1: alerting.cooldown: '5x' is not a duration; use 30s, 5m, 1h, 7d"
 
 
 def test_unknown_top_level_key_lists_allowed(tmp_path: Path) -> None:

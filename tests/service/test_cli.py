@@ -147,7 +147,7 @@ def test_unknown_config_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixtu
         str(config),
     ]
     err = _fails(argv, capsys)
-    assert f"{config}: alerting.windw: unknown key" in err
+    assert f"{config}:1: alerting.windw: unknown key" in err
     assert not (tmp_path / "out").exists()
 
 
