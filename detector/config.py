@@ -70,7 +70,8 @@ MODELS: dict[str, type[OnlineModel]] = {
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: ``${NAME}`` or the start of ``${NAME:-default}`` (the default is scanned for balanced braces).
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:\}|(:-))")
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 #: Component hints such as ``RobustEWMA | None`` may hold an instance.
 _ANY_TYPE = ConfigDict(arbitrary_types_allowed=True)
@@ -272,19 +273,39 @@ def parse_config(data: Mapping[str, Any] | None, source: str = "config") -> Dete
 
 
 def _expand_environment(text: str, source: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        name, default = match[1], match[2]
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        line = text.count("\n", 0, match.start()) + 1
-        raise ConfigError(
-            f"{source}:{line}: environment variable {name} is not set; "
-            f"set it or give a default: ${{{name}:-value}}"
-        )
+    """Replace ``${VAR}`` and ``${VAR:-default}``; a default may hold balanced braces (PromQL).
 
-    return _ENV_REFERENCE.sub(replace, text)
+    >>> _expand_environment('q: ${UNSET_Q:-up{job="a"}} x', "c.yaml")
+    'q: up{job="a"} x'
+    """
+    out: list[str] = []
+    position = 0
+    while (match := _ENV_REFERENCE.search(text, position)) is not None:
+        out.append(text[position : match.start()])
+        name, end = match[1], match.end()
+        default = None
+        if match[2] is not None:
+            depth, cursor = 1, end
+            while cursor < len(text) and depth:
+                depth += {"{": 1, "}": -1}.get(text[cursor], 0)
+                cursor += 1
+            if depth:
+                line = text.count("\n", 0, match.start()) + 1
+                raise ConfigError(f"{source}:{line}: ${{{name}:-...}} is not closed; add the missing }}")
+            default, end = text[end : cursor - 1], cursor
+        if name in os.environ:
+            out.append(os.environ[name])
+        elif default is not None:
+            out.append(default)
+        else:
+            line = text.count("\n", 0, match.start()) + 1
+            raise ConfigError(
+                f"{source}:{line}: environment variable {name} is not set; "
+                f"set it or give a default: ${{{name}:-value}}"
+            )
+        position = end
+    out.append(text[position:])
+    return "".join(out)
 
 
 class YamlDocument:

@@ -1,0 +1,145 @@
+"""Scores go back out as Prometheus metrics, plus the service's own health figures.
+
+Per series, with the series' own labels plus ``detector`` (a series label that
+clashes with ``detector`` is kept as ``exported_detector``, as Prometheus does;
+the metric name becomes the ``metric`` label)::
+
+    anomaly_score{detector="cpu",instance="a"}           1 - p, calibrated
+    anomaly_expected{...}, anomaly_expected_lower{...}, anomaly_expected_upper{...}
+    anomaly_alert_firing{...}                            1 while an alert is open
+
+The per-series families are built at scrape time from the engines' arrays
+(a collector, not a gauge child per series), so 100k series cost no memory
+between scrapes.  Bands are left out while a series is warming up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+
+from service.runtime import DetectorRuntime
+
+_PER_SERIES = {
+    "anomaly_score": (
+        "score",
+        "Calibrated anomaly score, 1 - p (p: tail probability under the series' normal).",
+        False,
+    ),
+    "anomaly_expected": ("expected", "The model's expected value for the series.", True),
+    "anomaly_expected_lower": ("lower", "Lower edge of the expected band at the alert threshold.", True),
+    "anomaly_expected_upper": ("upper", "Upper edge of the expected band at the alert threshold.", True),
+    "anomaly_alert_firing": ("alert", "1 while an alert is open for the series.", False),
+}
+
+
+def exported_labels(detector: str, labels: dict[str, str]) -> dict[str, str]:
+    """The label set a series is exported with.
+
+    >>> exported_labels("cpu", {"__name__": "node_load1", "detector": "x", "job": "node"})
+    {'metric': 'node_load1', 'exported_detector': 'x', 'job': 'node', 'detector': 'cpu'}
+    """
+    out: dict[str, str] = {}
+    for name, value in labels.items():
+        if name == "__name__":
+            out["metric"] = value
+        elif name in ("detector", "metric"):
+            out[f"exported_{name}"] = value
+        else:
+            out[name] = value
+    out["detector"] = detector
+    return out
+
+
+class SeriesCollector:
+    """A prometheus_client collector reading every detector's latest results at scrape time."""
+
+    def __init__(self, runtimes: Callable[[], Iterable[DetectorRuntime]]) -> None:
+        self._runtimes = runtimes
+
+    def collect(self) -> Iterable[Metric]:
+        families = {name: Metric(name, doc, "gauge") for name, (_, doc, _) in _PER_SERIES.items()}
+        for runtime in self._runtimes():
+            arrays = runtime.latest.arrays
+            for key, row in runtime.engine.series.active().items():
+                if arrays["ended"][row] or not math.isfinite(arrays["t"][row]):
+                    continue
+                labels = exported_labels(runtime.name, runtime.labels[key])
+                warming = bool(arrays["warming"][row])
+                for name, (column, _, is_band) in _PER_SERIES.items():
+                    value = float(arrays[column][row])
+                    if (is_band and warming) or math.isnan(value):
+                        continue
+                    families[name].add_sample(name, labels, value)
+        return families.values()
+
+
+class SelfMetrics:
+    """The service's own figures, on their own registry (with the per-series collector)."""
+
+    def __init__(self, runtimes: Callable[[], Iterable[DetectorRuntime]]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(SeriesCollector(runtimes))  # type: ignore[arg-type]
+        r = self.registry
+        self.ingested = Counter(
+            "anomaly_detector_samples_ingested",
+            "Samples scored, by detector and source.",
+            ["detector", "source"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "anomaly_detector_samples_dropped",
+            "Samples received but not scored, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.series = Gauge(
+            "anomaly_detector_series_tracked", "Series with model state.", ["detector"], registry=r
+        )
+        self.warming = Gauge(
+            "anomaly_detector_series_warming",
+            "Series still warming up (scores provisional).",
+            ["detector"],
+            registry=r,
+        )
+        self.evaluation = Histogram(
+            "anomaly_detector_evaluation_duration_seconds",
+            "Time to query and score one pull evaluation.",
+            ["detector"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "anomaly_detector_lag_seconds",
+            "Wall time minus the newest sample time scored.",
+            ["detector"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "anomaly_detector_store_errors",
+            "Failed store operations, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.checkpoint_time = Gauge(
+            "anomaly_detector_last_checkpoint_timestamp_seconds", "When state was last saved.", registry=r
+        )
+        self.source_errors = Counter(
+            "anomaly_detector_source_errors",
+            "Failed queries to Prometheus, by detector.",
+            ["detector"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "anomaly_detector_alert_events",
+            "Alert events emitted, by detector and change.",
+            ["detector", "change"],
+            registry=r,
+        )
+
+    def observe_series(self, runtimes: Iterable[DetectorRuntime]) -> None:
+        for runtime in runtimes:
+            self.series.labels(runtime.name).set(len(runtime.engine.series.active()))
+            self.warming.labels(runtime.name).set(runtime.warming_count())

@@ -1,0 +1,271 @@
+"""Live detection: samples from Prometheus (pulled or remote-written) through each detector's engine.
+
+One :class:`DetectorRuntime` per configured detector holds its engine, the
+labels of its series and their latest results.  Everything that mutates an
+engine runs on one thread (the service's event loop), so no locks are needed;
+only network and disk I/O leave that thread.
+
+History is replayed through the same engine with alerts quieted afterwards:
+a new pull series is warm-started from ``lookback`` of its own history, and
+after a restart the gap since the last evaluation is caught up before going
+live, so nothing in between is missed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+
+from detector.config import build_engine
+from detector.engine import ScoredBatch
+from detector.labels import parse_series_key
+from models.base import ArrayState, FieldSpecs
+from service.settings import DetectorSpec
+from service.store import Checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class LatestResults(ArrayState):
+    """Each series' most recent sample and verdict, one row per engine row."""
+
+    fields: ClassVar[FieldSpecs] = {
+        "t": (np.float64, (), np.nan),
+        "value": (np.float64, (), np.nan),
+        "score": (np.float64, (), np.nan),
+        "p_value": (np.float64, (), np.nan),
+        "expected": (np.float64, (), np.nan),
+        "lower": (np.float64, (), np.nan),
+        "upper": (np.float64, (), np.nan),
+        "warming": (np.bool_, (), True),
+        "alert": (np.bool_, (), False),
+        "seen": (np.float64, (), np.nan),
+        "ended": (np.bool_, (), False),
+    }
+
+
+@dataclass(frozen=True)
+class SeriesState:
+    """One series as the API shows it."""
+
+    detector: str
+    id: str
+    key: str
+    labels: dict[str, str]
+    t: float
+    value: float
+    anomaly_score: float
+    p_value: float
+    expected: float
+    lower: float
+    upper: float
+    warming: bool
+    alert: bool
+    ended: bool
+    last_seen: float
+
+
+def series_id(detector: str, key: str) -> str:
+    """A short stable id for URLs: ``/api/v1/series/{id}``.
+
+    >>> series_id("cpu", 'up{job="a"}')
+    '2c3b0918f333'
+    """
+    return hashlib.blake2b(f"{detector}\0{key}".encode(), digest_size=6).hexdigest()
+
+
+def last_positions(ids: np.ndarray) -> np.ndarray:
+    """Index of each id's last occurrence in a batch.
+
+    >>> last_positions(np.array([3, 1, 3, 2])).tolist()
+    [1, 3, 2]
+    """
+    reversed_ids = ids[::-1]
+    _, first_in_reversed = np.unique(reversed_ids, return_index=True)
+    return len(ids) - 1 - first_in_reversed
+
+
+class DetectorRuntime:
+    """A detector's live state: engine, series labels, latest results, pull watermark.
+
+    Examples
+    --------
+    >>> spec = DetectorSpec(name="cpu", query="up")
+    >>> runtime = DetectorRuntime(spec, clock=lambda: 1000.0)
+    >>> keys = ['up{job="a"}'] * 3
+    >>> _ = runtime.ingest(keys, np.array([0.0, 15.0, 30.0]), np.array([1.0, 1.0, 1.0]))
+    >>> state = runtime.series_state('up{job="a"}')
+    >>> state.value, state.warming, state.labels
+    (1.0, True, {'__name__': 'up', 'job': 'a'})
+    """
+
+    def __init__(self, spec: DetectorSpec, clock: Callable[[], float]) -> None:
+        self.spec = spec
+        self.clock = clock
+        self.engine = build_engine(spec.engine_config())
+        self.latest = LatestResults()
+        self.labels: dict[str, dict[str, str]] = {}
+        self.ids: dict[str, str] = {}
+        self._accepts: dict[str, bool] = {}
+        #: Prometheus time of the newest evaluation that was scored (pull detectors).
+        self.last_eval: float | None = None
+        self.restored = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.model
+
+    def accepts(self, key: str, labels: dict[str, str]) -> bool:
+        """Whether a remote-written series belongs here (cached per series)."""
+        found = self._accepts.get(key)
+        if found is None:
+            if len(self._accepts) > 1_000_000:
+                self._accepts.clear()
+            found = self._accepts[key] = self.spec.accepts(labels)
+        return found
+
+    def known(self, key: str) -> bool:
+        return key in self.engine.series
+
+    def _register(self, keys: list[str]) -> np.ndarray:
+        ids = self.engine.register(keys)
+        self.latest.resize(len(self.engine.series))
+        for row in self.engine.series.new_rows:
+            key = self.engine.series.keys[row]
+            self.labels[key] = parse_series_key(key)
+            self.ids[series_id(self.name, key)] = key
+            self.latest.reset(np.array([row]))
+        return ids
+
+    def ingest(self, keys: list[str], t: np.ndarray, x: np.ndarray, live: bool = True) -> ScoredBatch:
+        """Score samples (any order of series, each series in time order).
+
+        ``live=False`` replays history: the models learn, alert state is
+        cleared afterwards (history is not news), latest results are kept.
+        """
+        ids = self._register(keys)
+        scored = self.engine.process(ids, t, x)
+        if not live:
+            self.engine.quiet(np.unique(ids))
+            scored = replace(scored, alert=np.zeros_like(scored.alert), onset=np.zeros_like(scored.onset))
+        self._remember(ids, t, x, scored)
+        return scored
+
+    def _remember(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, scored: ScoredBatch) -> None:
+        valid = np.isfinite(x)
+        if not valid.any():
+            return
+        where = np.nonzero(valid)[0]
+        last = where[last_positions(ids[where])]
+        rows = ids[last]
+        arrays = self.latest.arrays
+        columns = {
+            "t": t,
+            "value": x,
+            "score": scored.anomaly_score,
+            "p_value": scored.p_value,
+            "expected": scored.expected,
+            "lower": scored.lower,
+            "upper": scored.upper,
+            "warming": scored.warming,
+            "alert": scored.alert,
+        }
+        for name, column in columns.items():
+            arrays[name][rows] = column[last]
+        arrays["seen"][rows] = self.clock()
+        arrays["ended"][rows] = False
+
+    def end(self, keys: Iterable[str]) -> None:
+        """Mark series as ended (Prometheus's stale marker): no value, kept until they expire."""
+        rows = [row for row in (self.engine.series.get(key) for key in keys) if row is not None]
+        if rows:
+            self.latest.arrays["ended"][rows] = True
+            self.latest.arrays["alert"][rows] = False
+
+    def expire(self) -> list[str]:
+        """Forget series not seen for ``expire_after``; returns their keys."""
+        cutoff = self.clock() - self.spec.expire_after
+        seen = self.latest.arrays["seen"]
+        stale = [key for key, row in self.engine.series.active().items() if seen[row] < cutoff]
+        if stale:
+            self.engine.forget(stale)
+            for key in stale:
+                del self.labels[key]
+                del self.ids[series_id(self.name, key)]
+                self._accepts.pop(key, None)
+        return stale
+
+    def series_state(self, key: str) -> SeriesState | None:
+        """The latest results of one series, or None if this detector does not track it."""
+        row = self.engine.series.get(key)
+        if row is None:
+            return None
+        a = self.latest.arrays
+        return SeriesState(
+            detector=self.name,
+            id=series_id(self.name, key),
+            key=key,
+            labels=self.labels[key],
+            t=float(a["t"][row]),
+            value=float(a["value"][row]),
+            anomaly_score=float(a["score"][row]),
+            p_value=float(a["p_value"][row]),
+            expected=float(a["expected"][row]),
+            lower=float(a["lower"][row]),
+            upper=float(a["upper"][row]),
+            warming=bool(a["warming"][row]),
+            alert=bool(a["alert"][row]),
+            ended=bool(a["ended"][row]),
+            last_seen=float(a["seen"][row]),
+        )
+
+    def all_series(self) -> list[SeriesState]:
+        states = (self.series_state(key) for key in self.engine.series.active())
+        return [state for state in states if state is not None]
+
+    def warming_count(self) -> int:
+        rows = list(self.engine.series.active().values())
+        return int(self.latest.arrays["warming"][rows].sum()) if rows else 0
+
+    def checkpoint(self) -> Checkpoint:
+        arrays = self.engine.state_dict()
+        arrays.update({f"latest.{name}": value for name, value in self.latest.state_dict().items()})
+        return Checkpoint(
+            detector=self.name,
+            fingerprint=self.spec.fingerprint(),
+            saved_at=self.clock(),
+            arrays=arrays,
+            extra={"last_eval": self.last_eval},
+        )
+
+    def restore(self, checkpoint: Checkpoint) -> bool:
+        """Load a checkpoint; False (and cold state) if the detector's settings changed since."""
+        if checkpoint.fingerprint != self.spec.fingerprint():
+            log.warning(
+                "detector %s: settings changed since the checkpoint; its series start cold", self.name
+            )
+            return False
+        try:
+            self.engine.load_state_dict(checkpoint.arrays)
+            self.latest.load_state_dict(
+                {k[len("latest.") :]: v for k, v in checkpoint.arrays.items() if k.startswith("latest.")}
+            )
+        except (KeyError, ValueError) as error:
+            log.warning("detector %s: checkpoint unusable (%s); its series start cold", self.name, error)
+            self.engine = build_engine(self.spec.engine_config())
+            self.latest = LatestResults()
+            return False
+        self.labels = {key: parse_series_key(key) for key in self.engine.series.active()}
+        self.ids = {series_id(self.name, key): key for key in self.labels}
+        self.last_eval = checkpoint.extra.get("last_eval")
+        self.restored = True
+        return True

@@ -1,0 +1,154 @@
+"""The service's YAML configuration: where data comes from, detectors, store, sinks.
+
+A minimal pull configuration::
+
+    prometheus: {url: "${PROMETHEUS_URL:-http://127.0.0.1:9090}"}
+    store: anomaly-detector.db
+    detectors:
+      - name: cpu
+        query: sum by (instance) (rate(node_cpu_seconds_total{mode!="idle"}[1m]))
+        interval: 15s
+
+Each detector takes every key of :class:`detector.config.DetectorConfig`
+(``model``, ``calibration``, ``alerting`` …) beside its source settings.
+
+>>> settings = ServiceSettings.model_validate(
+...     {"detectors": [{"name": "cpu", "query": "up", "interval": "30s"}]})
+>>> settings.detectors[0].interval, settings.detectors[0].model
+(30.0, 'auto')
+>>> from detector.config import validate_settings
+>>> validate_settings(ServiceSettings, {"detectors": [{"name": "cpu"}]}, "run.yaml")
+... # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+detector.config.ConfigError: run.yaml: detectors.0: a pull detector needs a query (PromQL); or set ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from detector.config import DetectorConfig, Duration, YamlDocument
+
+_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_:.-]*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PrometheusSettings(_Section):
+    """Where the Prometheus HTTP API is, for pull detectors, warm starts and links."""
+
+    url: str = "http://127.0.0.1:9090"
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = 30.0
+
+
+class DetectorSpec(DetectorConfig):
+    """One detector: its source of series and the model, calibration and policy for them.
+
+    ``source: pull`` runs ``query`` every ``interval``; a new series is warm-started
+    from ``lookback`` of its own history.  ``source: remote_write`` scores the
+    remote-written series whose labels match ``match`` (equality) and
+    ``match_re`` (fully anchored regular expressions).  A series not seen for
+    ``expire_after`` is dropped.
+    """
+
+    name: str
+    source: Literal["pull", "remote_write"] = "pull"
+    query: str | None = None
+    interval: Duration = 15.0
+    lookback: Duration = 86400.0
+    expire_after: Duration = 3600.0
+    match: dict[str, str] = Field(default_factory=dict)
+    match_re: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(f"{name!r} is not a usable detector name; use letters, digits, _ : . -")
+        return name
+
+    @field_validator("match_re")
+    @classmethod
+    def _valid_patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for label, pattern in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"{label}: {pattern!r} is not a regular expression ({error})") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _source_complete(self) -> DetectorSpec:
+        if self.source == "pull" and not self.query:
+            raise ValueError("a pull detector needs a query (PromQL); or set source: remote_write")
+        if self.source == "remote_write" and self.query:
+            raise ValueError("a remote_write detector takes series from match/match_re, not a query")
+        return self
+
+    def engine_config(self) -> DetectorConfig:
+        """Only the settings that shape the engine's state."""
+        return DetectorConfig.model_validate(self.model_dump(include=set(DetectorConfig.model_fields)))
+
+    def fingerprint(self) -> str:
+        """Changes when a setting that shapes model state changes (then its series start cold)."""
+        text = self.engine_config().model_dump_json()
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def accepts(self, labels: dict[str, str]) -> bool:
+        """Whether a remote-written series belongs to this detector.
+
+        >>> spec = DetectorSpec(name="d", source="remote_write", match_re={"__name__": "node_.*"})
+        >>> spec.accepts({"__name__": "node_load1"}), spec.accepts({"__name__": "up"})
+        (True, False)
+        """
+        return all(labels.get(k) == v for k, v in self.match.items()) and all(
+            re.fullmatch(p, labels.get(k, "")) for k, p in self.match_re.items()
+        )
+
+
+class RemoteWriteSettings(_Section):
+    """Limits of the remote_write receiver."""
+
+    max_bytes: Annotated[int, Field(gt=0)] = 32 << 20
+
+
+class ServiceSettings(_Section):
+    """Everything ``anomaly-detector run`` needs (see the module docstring)."""
+
+    prometheus: PrometheusSettings = PrometheusSettings()
+    store: Path = Path("anomaly-detector.db")
+    checkpoint_interval: Duration = 60.0
+    external_url: str = "http://127.0.0.1:8080"
+    remote_write: RemoteWriteSettings = RemoteWriteSettings()
+    detectors: Annotated[list[DetectorSpec], Field(min_length=1)]
+    sinks: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("detectors")
+    @classmethod
+    def _unique_names(cls, detectors: list[DetectorSpec]) -> list[DetectorSpec]:
+        names = [d.name for d in detectors]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"detector names must be unique; repeated: {', '.join(repeated)}")
+        return detectors
+
+
+def load_settings(path: Path) -> ServiceSettings:
+    """Read and validate a service configuration; a relative ``store`` is relative to the file.
+
+    Raises :class:`detector.config.ConfigError` naming the file, line and key.
+    """
+    document = YamlDocument.read(path)
+    settings = document.validate(ServiceSettings)
+    if not settings.store.is_absolute():
+        settings.store = path.parent / settings.store
+    return settings
