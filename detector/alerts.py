@@ -38,6 +38,8 @@ class SeriesFinding:
 
     ``p_value`` is calibrated: the probability, under the series' own recent
     normal behaviour, of a deviation at least this large (score = 1 - p).
+    ``interval`` is the series' sampling interval in seconds (0 if unknown):
+    with ``p_value`` it says how often such a deviation recurs.
     """
 
     key: str
@@ -51,6 +53,7 @@ class SeriesFinding:
     started_at: float
     model: str
     warming: bool
+    interval: float = 0.0
 
 
 @dataclass(frozen=True)

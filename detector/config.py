@@ -4,9 +4,11 @@ The file is small and every key is optional::
 
     model: auto            # auto, ewma, seasonal, quantile or changepoint
     model_params: {}       # the model's constructor arguments
-    calibration: {memory: 10000, warmup: 100, direction: both}
+    calibration: {memory: 10000, warmup: 100}
     alerting: {false_alerts_per_week: 1.0, min_anomalous: 2, window: 3,
-               resolve_after: 3, cooldown: 30m}
+               resolve_after: 3, cooldown: 30m, direction: both,
+               min_deviation: 0, min_relative_deviation: 0,
+               group_by: [job], group_window: 2m, refresh_interval: 1m}
     protect_below: 0.001
 
 ``${VAR}`` and ``${VAR:-default}`` are replaced from the environment in the
@@ -52,6 +54,7 @@ from pydantic import (
 
 from detector.calibration import TailCalibrator
 from detector.engine import Engine
+from detector.incidents import IncidentTracker, Links
 from detector.policy import AlertPolicy
 from models import AutoModel, RobustEWMA, SeasonalProfile
 from models.base import OnlineModel
@@ -118,13 +121,27 @@ class CalibrationConfig(_Section):
     direction: Literal["both", "high", "low"] = "both"
 
 
+#: The alerting keys that configure the :class:`IncidentTracker`; the others are the policy's.
+_INCIDENT_KEYS = {"group_by", "group_window", "refresh_interval"}
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
 class AlertingConfig(_Section):
-    """Arguments of :class:`detector.policy.AlertPolicy`; ``cooldown`` is a duration.
+    """When a series alerts (:class:`detector.policy.AlertPolicy`) and how alerts group into incidents.
+
+    ``group_by``, ``group_window`` and ``refresh_interval`` are the arguments
+    of :class:`detector.incidents.IncidentTracker`; every other key is the
+    policy's.  Series group by ``job`` unless told otherwise: one page per
+    service in trouble, not one per instance.  ``direction`` is the one to set
+    for one-sided alerting; the calibration follows it (see
+    :class:`DetectorConfig`).
 
     Examples
     --------
     >>> AlertingConfig(cooldown="2h", window=5).cooldown
     7200.0
+    >>> AlertingConfig().group_by, AlertingConfig(group_window="5m").group_window
+    (['job'], 300.0)
     """
 
     false_alerts_per_week: Annotated[float, Field(gt=0)] = 1.0
@@ -132,6 +149,29 @@ class AlertingConfig(_Section):
     window: Annotated[int, Field(ge=1, le=32)] = 3
     resolve_after: Annotated[int, Field(ge=1)] = 3
     cooldown: Duration = 1800.0
+    direction: Literal["both", "high", "low"] = "both"
+    min_deviation: Annotated[float, Field(ge=0)] = 0.0
+    min_relative_deviation: Annotated[float, Field(ge=0)] = 0.0
+    group_by: list[str] = Field(default_factory=lambda: ["job"])
+    group_window: Duration = 120.0
+    refresh_interval: Duration = 60.0
+
+    @field_validator("group_by")
+    @classmethod
+    def _label_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _LABEL_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a label name; use letters, digits and _, e.g. [job]")
+        return names
+
+    @field_validator("refresh_interval")
+    @classmethod
+    def _positive_refresh(cls, seconds: float) -> float:
+        if seconds <= 0:
+            raise ValueError(
+                "refresh_interval must be positive; use e.g. 1m (Alertmanager resolves alerts not re-sent)"
+            )
+        return seconds
 
     @model_validator(mode="after")
     def _persistence_fits_window(self) -> AlertingConfig:
@@ -148,9 +188,20 @@ class DetectorConfig(_Section):
 
     Examples
     --------
+    The alert ``direction`` is the one users set: ``alerting.direction``.
+    The calibration measures the same tail(s) unless ``calibration.direction``
+    is given, so a one-sided budget means what it says; a one-sided
+    calibration given alone makes alerting one-sided too, and the two may not
+    disagree.  (A two-sided calibration under one-sided alerting is allowed: it
+    alerts about half as often as the budget.)
+
+    Examples
+    --------
     >>> config = DetectorConfig(model="seasonal", model_params={"bins": 48})
     >>> config.alerting.cooldown, config.calibration.direction
     (1800.0, 'both')
+    >>> DetectorConfig(alerting={"direction": "high"}).calibration.direction
+    'high'
     """
 
     model: str = "auto"
@@ -170,6 +221,21 @@ class DetectorConfig(_Section):
     def _model_params_fit(self) -> DetectorConfig:
         # Building the model is the only complete check of its arguments, and cheap.
         _build(MODELS[self.model], self.model_params, "model_params")
+        return self
+
+    @model_validator(mode="after")
+    def _directions_agree(self) -> DetectorConfig:
+        alerting, calibration = self.alerting.direction, self.calibration.direction
+        if "direction" not in self.calibration.model_fields_set:
+            self.calibration = self.calibration.model_copy(update={"direction": alerting})
+        elif calibration != "both" and "direction" not in self.alerting.model_fields_set:
+            self.alerting = self.alerting.model_copy(update={"direction": calibration})
+        elif calibration not in ("both", alerting):
+            raise ValueError(
+                f"alerting.direction: {alerting!r} disagrees with calibration.direction {calibration!r}, "
+                f"which measures only {calibration} deviations; "
+                "drop calibration.direction (it follows alerting.direction)"
+            )
         return self
 
 
@@ -384,6 +450,15 @@ def build_engine(config: DetectorConfig) -> Engine:
     return Engine(
         model=_build(MODELS[config.model], config.model_params, "model_params"),
         calibrator=TailCalibrator(**config.calibration.model_dump()),
-        policy=AlertPolicy(**config.alerting.model_dump()),
+        policy=AlertPolicy(**config.alerting.model_dump(exclude=_INCIDENT_KEYS)),
         protect_below=config.protect_below,
     )
+
+
+def build_tracker(config: DetectorConfig, detector: str, links: Links | None = None) -> IncidentTracker:
+    """The incident tracker for a detector's alerts, as the configuration describes.
+
+    >>> build_tracker(DetectorConfig(), "latency").group_by
+    ['job']
+    """
+    return IncidentTracker(detector, links=links, **config.alerting.model_dump(include=_INCIDENT_KEYS))

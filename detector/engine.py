@@ -7,7 +7,10 @@ One direction of flow, for a whole batch at once::
                  -> calibration.learn
 
 Backtest and live service call the same :meth:`Engine.process`; only where the
-samples come from and where the results go differ.
+samples come from and where the results go differ.  The live service adds two
+masks the backtest does not need: points inside a maintenance window or a
+confirmed incident are not learned as normal (``learn=False``), and silenced
+points are scored but never open or keep an alert (``silenced=True``).
 """
 
 from __future__ import annotations
@@ -17,14 +20,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.calibration import TailCalibrator
-from detector.policy import AlertPolicy
+from detector.calibration import Direction, TailCalibrator
+from detector.policy import HIGH, LOW, AlertPolicy
 from models.base import OnlineModel
 
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """Per-point results of :meth:`Engine.process`, aligned with its input."""
+    """Per-point results of :meth:`Engine.process`, aligned with its input.
+
+    ``alert`` is whether the point's series is alerting after it, ``onset``
+    whether this point opened the alert.  ``decided`` is false where the policy
+    made no decision (a gap, or a silenced point): there the alert state is as
+    it was, and a silenced point reports no alert.  For alerting series,
+    ``since`` is when the alert opened, ``lowest_p`` its most extreme p-value
+    so far and ``alert_sign`` that point's side (+1 high, -1 low); NaN, NaN and
+    0 otherwise.  ``interval`` is the series' estimated sampling interval in
+    seconds (0 until known), which turns a p-value into a recurrence time.
+    """
 
     anomaly_score: np.ndarray
     p_value: np.ndarray
@@ -35,6 +48,11 @@ class ScoredBatch:
     warming: np.ndarray
     alert: np.ndarray
     onset: np.ndarray
+    decided: np.ndarray
+    since: np.ndarray
+    lowest_p: np.ndarray
+    alert_sign: np.ndarray
+    interval: np.ndarray
 
 
 def series_seed(key: str) -> int:
@@ -200,6 +218,27 @@ class Engine:
         """Clear alert state (not learning) of these series, e.g. after replaying their history."""
         self.policy.quiet(np.asarray(ids, dtype=np.int64))
 
+    def mark_false_positive(self, ids: np.ndarray, direction: Direction) -> None:
+        """Feedback: these series alerted in ``direction`` on something that was not a problem.
+
+        Each false positive halves the series' budget in that direction (down
+        to 1/64 of the configured one), so it needs a rarer deviation that way
+        before it alerts again.  The scales are the policy's ``budget_scale``
+        state (columns high, low): checkpointed with the engine, shown by the
+        API's state.
+        """
+        self.policy.scale_budget(np.asarray(ids, dtype=np.int64), direction, 0.5)
+
+    def mark_incident(self, ids: np.ndarray, direction: Direction) -> None:
+        """Feedback: an alert of these series in ``direction`` was a real incident.
+
+        Doubles the series' budget in that direction back towards the
+        configured one (undoing one false positive).  Points inside the
+        incident should also be passed to :meth:`process` with ``learn=False``,
+        so the incident is not learned as normal.
+        """
+        self.policy.scale_budget(np.asarray(ids, dtype=np.int64), direction, 2.0)
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """The whole engine as named arrays: series keys plus every component's state.
 
@@ -242,22 +281,38 @@ class Engine:
         self.integer_valued[ids] = integral
         return np.where(integral & valid, self.calibrator.noise(ids, stream=2) - 0.5, 0.0)
 
-    def process(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> ScoredBatch:
+    def process(
+        self,
+        ids: np.ndarray,
+        t: np.ndarray,
+        x: np.ndarray,
+        learn: np.ndarray | None = None,
+        silenced: np.ndarray | None = None,
+    ) -> ScoredBatch:
         """Score a batch; a series may appear several times (taken in order).
 
         NaN or infinite values are gaps: they are scored 0, teach nothing and
-        leave the alert state as it was.
+        leave the alert state as it was.  ``learn`` (default all true) false
+        marks points that teach neither the model nor the calibration
+        (maintenance windows, confirmed incidents); ``silenced`` (default all
+        false) marks points that are scored but that the policy does not judge:
+        they never open or keep an alert, and leave its state as it was.
         """
         ids = np.asarray(ids, dtype=np.int64)
         t = np.asarray(t, dtype=np.float64)
         x = np.asarray(x, dtype=np.float64)
-        if not len(ids) == len(t) == len(x):
-            raise ValueError(f"ids, t and x differ in length: {len(ids)}, {len(t)}, {len(x)}")
+        learn = np.ones(len(ids), dtype=bool) if learn is None else np.asarray(learn, dtype=bool)
+        silenced = np.zeros(len(ids), dtype=bool) if silenced is None else np.asarray(silenced, dtype=bool)
+        if not len(ids) == len(t) == len(x) == len(learn) == len(silenced):
+            raise ValueError(
+                f"ids, t, x, learn and silenced differ in length: "
+                f"{len(ids)}, {len(t)}, {len(x)}, {len(learn)}, {len(silenced)}"
+            )
         rank = occurrence_rank(ids) if len(ids) else np.zeros(0, dtype=np.int64)
         if len(ids) == 0 or rank.max() == 0:
-            return self._process_round(ids, t, x)
+            return self._process_round(ids, t, x, learn, silenced)
         parts = [np.nonzero(rank == r)[0] for r in range(int(rank.max()) + 1)]
-        results = [self._process_round(ids[p], t[p], x[p]) for p in parts]
+        results = [self._process_round(ids[p], t[p], x[p], learn[p], silenced[p]) for p in parts]
         order = np.concatenate(parts)
         merged = {}
         for name in ScoredBatch.__dataclass_fields__:
@@ -267,7 +322,9 @@ class Engine:
             merged[name] = out
         return ScoredBatch(**merged)
 
-    def _process_round(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> ScoredBatch:
+    def _process_round(
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, learn: np.ndarray, silenced: np.ndarray
+    ) -> ScoredBatch:
         valid = np.isfinite(x)
         safe_x = np.where(valid, x, 0.0)
         safe_x = safe_x + self._count_dither(ids, safe_x, valid)
@@ -276,18 +333,23 @@ class Engine:
         z = np.where(model_warm, assessment.deviation, 0.0)
         p = np.where(model_warm, self.calibrator.p_value(ids, z), 1.0)
         p = np.where(valid, p, np.nan)
-        decision = self.policy.decide(ids, t, p)
+        decided = valid & ~silenced
+        decision = self.policy.decide(
+            ids, t, np.where(decided, p, np.nan), sign=z, observed=x, expected=assessment.expected
+        )
         weight = np.where(model_warm, np.clip(p / self.protect_below, 0.0, 1.0), 1.0)
-        self.model.learn(ids, t, safe_x, np.where(valid, weight, 0.0))
-        if np.any(model_warm):
-            warm = np.nonzero(model_warm)[0]
+        self.model.learn(ids, t, safe_x, np.where(valid & learn, weight, 0.0))
+        taught = model_warm & learn
+        if np.any(taught):
+            warm = np.nonzero(taught)[0]
             self.calibrator.learn(ids[warm], z[warm], np.ones(len(warm)))
-        tail = decision.alpha / (2.0 if self.calibrator.direction == "both" else 1.0)
-        upper_z = self.calibrator.quantile(ids, tail, upper=True)
-        lower_z = self.calibrator.quantile(ids, tail, upper=False)
+        two_sided = 2.0 if self.calibrator.direction == "both" else 1.0
+        upper_z = self.calibrator.quantile(ids, decision.alpha[:, HIGH] / two_sided, upper=True)
+        lower_z = self.calibrator.quantile(ids, decision.alpha[:, LOW] / two_sided, upper=False)
         scale = assessment.scale
         # No band until both the model and the calibration have something to say.
         banded = ~assessment.warming & (self.calibrator.effective_count(ids) > 0)
+        alert = decision.firing & ~silenced
         return ScoredBatch(
             anomaly_score=np.where(valid, 1.0 - np.nan_to_num(p, nan=1.0), 0.0),
             p_value=p,
@@ -296,6 +358,11 @@ class Engine:
             lower=np.where(banded, assessment.expected + lower_z * scale, np.nan),
             upper=np.where(banded, assessment.expected + upper_z * scale, np.nan),
             warming=assessment.warming | self.calibrator.warming(ids),
-            alert=decision.firing,
+            alert=alert,
             onset=decision.onset,
+            decided=decided,
+            since=np.where(alert, decision.since, np.nan),
+            lowest_p=np.where(alert, decision.lowest_p, np.nan),
+            alert_sign=np.where(alert, decision.alert_sign, 0).astype(np.int8),
+            interval=self.policy.arrays["interval"][ids],
         )

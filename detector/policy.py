@@ -9,9 +9,25 @@ to the budget per point (from the series' own sampling interval) gives the
 per-point threshold ``alpha``.  Real residuals are a little autocorrelated, so
 the budget is a target, not a guarantee; the backtest reports what it was.
 
+A point is anomalous only if its p-value is at most ``alpha`` *and* its
+deviation goes the watched ``direction`` *and* it is large enough to matter
+(``min_deviation`` in the series' units, ``min_relative_deviation`` as a
+fraction of the expected value): on a flat series a wiggle of 0.1% can be very
+improbable and still not worth a page.
+
+Feedback makes the budget per series and per direction: each false positive
+halves the series' budget in that direction (down to 1/64 of the configured
+one), so that series needs a rarer deviation that way before it alerts again;
+a confirmed incident doubles it back (up to the configured budget).  The
+scales live in the policy's state arrays (``budget_scale``, columns high and
+low), so they are checkpointed with the engine and can be shown by the API.
+
 An alert resolves after ``resolve_after`` consecutive points that are clearly
-normal (p above ``10 * alpha``: hysteresis, so it does not flap), and a new one
-cannot open for ``cooldown`` seconds after, so one incident is one alert.
+normal (p above ``10 * alpha``, or a deviation that does not count: hysteresis,
+so it does not flap), and a new one cannot open for ``cooldown`` seconds after,
+so one incident is one alert.  While an alert fires the policy keeps when it
+opened (``since``), its most extreme p-value (``lowest_p``) and that point's
+side (``alert_sign``): what an explanation needs.
 """
 
 from __future__ import annotations
@@ -22,19 +38,34 @@ from typing import ClassVar
 
 import numpy as np
 
+from detector.calibration import Direction
 from models.base import ArrayState, FieldSpecs
 
 SECONDS_PER_WEEK = 7 * 24 * 3600.0
 #: Before a series' sampling interval is known, assume Prometheus's default.
 DEFAULT_INTERVAL = 60.0
+#: Columns of ``budget_scale`` and of :attr:`AlertDecision.alpha`.
+HIGH, LOW = 0, 1
+#: The smallest share of the configured budget feedback can leave a series (six false positives).
+MIN_BUDGET_SCALE = 1.0 / 64.0
+_ALERT_STATE = ("recent", "firing", "quiet_run", "cooldown_until", "since", "lowest_p", "alert_sign")
 
 
 @dataclass(frozen=True)
 class AlertDecision:
-    """The policy's verdict on a batch: firing now, and which points opened an alert."""
+    """The policy's verdict on a batch.
+
+    ``firing`` and ``onset`` (the point that opened an alert) are per point;
+    ``since``, ``lowest_p`` and ``alert_sign`` describe each firing series'
+    alert (NaN, NaN, 0 when not firing); ``alpha`` holds each point's
+    thresholds for high and low deviations (columns :data:`HIGH`, :data:`LOW`).
+    """
 
     firing: np.ndarray
     onset: np.ndarray
+    since: np.ndarray
+    lowest_p: np.ndarray
+    alert_sign: np.ndarray
     alpha: np.ndarray
 
 
@@ -52,6 +83,13 @@ class AlertPolicy(ArrayState):
         Consecutive clearly-normal points that resolve a firing alert.
     cooldown
         Seconds after a resolution during which no new alert opens.
+    direction
+        Which deviations may alert: ``"both"``, ``"high"`` (above the expected
+        value) or ``"low"``.
+    min_deviation
+        Smallest ``|observed - expected|``, in the series' units, that may alert.
+    min_relative_deviation
+        Smallest ``|observed - expected| / |expected|`` that may alert.
 
     Examples
     --------
@@ -65,6 +103,22 @@ class AlertPolicy(ArrayState):
     ...     fired.append(int(decision.firing[0]))
     >>> fired
     [0, 0, 0, 1, 1, 1, 1, 0, 0]
+
+    Only rising deviations of at least 5 units count for this one:
+
+    >>> policy = AlertPolicy(min_anomalous=1, window=1, direction="high", min_deviation=5.0)
+    >>> policy.resize(3)
+    >>> decision = policy.decide(
+    ...     np.arange(3), np.zeros(3), p=np.full(3, 1e-9), sign=np.array([1, -1, 1]),
+    ...     observed=np.array([110.0, 90.0, 101.0]), expected=np.full(3, 100.0))
+    >>> decision.firing.tolist(), decision.since.tolist()
+    ([True, False, False], [0.0, nan, nan])
+
+    Each false positive halves a series' budget in that direction:
+
+    >>> policy.scale_budget(np.array([0]), "high", 0.5)
+    >>> policy.arrays["budget_scale"][0].tolist()
+    [0.5, 1.0]
     """
 
     fields: ClassVar[FieldSpecs] = {
@@ -72,6 +126,10 @@ class AlertPolicy(ArrayState):
         "firing": (np.bool_, (), False),
         "quiet_run": (np.int32, (), 0),
         "cooldown_until": (np.float64, (), -np.inf),
+        "since": (np.float64, (), np.nan),
+        "lowest_p": (np.float64, (), np.nan),
+        "alert_sign": (np.int8, (), 0),
+        "budget_scale": (np.float64, (2,), 1.0),
         "interval": (np.float64, (), 0.0),
         "last_t": (np.float64, (), np.nan),
     }
@@ -83,6 +141,9 @@ class AlertPolicy(ArrayState):
         window: int = 3,
         resolve_after: int = 3,
         cooldown: float = 1800.0,
+        direction: Direction = "both",
+        min_deviation: float = 0.0,
+        min_relative_deviation: float = 0.0,
     ) -> None:
         if not 1 <= min_anomalous <= window <= 32:
             raise ValueError(
@@ -93,25 +154,46 @@ class AlertPolicy(ArrayState):
                 f"false_alerts_per_week must be positive, got {false_alerts_per_week}; "
                 "to silence a series use a silence, not a zero budget"
             )
+        if direction not in ("both", "high", "low"):
+            raise ValueError(f"direction must be 'both', 'high' or 'low', got {direction!r}")
+        if min_deviation < 0 or min_relative_deviation < 0:
+            raise ValueError(
+                f"min_deviation and min_relative_deviation must not be negative, "
+                f"got {min_deviation} and {min_relative_deviation}"
+            )
         super().__init__()
         self.false_alerts_per_week = false_alerts_per_week
         self.min_anomalous = min_anomalous
         self.window = window
         self.resolve_after = resolve_after
         self.cooldown = cooldown
+        self.direction: Direction = direction
+        self.min_deviation = min_deviation
+        self.min_relative_deviation = min_relative_deviation
 
     def alpha(self, ids: np.ndarray) -> np.ndarray:
-        """Per-point p-value below which a point counts as anomalous."""
+        """Per-point p-value thresholds, shape ``(len(ids), 2)``: for high and for low deviations."""
         interval = self.arrays["interval"][ids]
         interval = np.where(interval > 0, interval, DEFAULT_INTERVAL)
-        per_point = self.false_alerts_per_week * interval / SECONDS_PER_WEEK
+        per_point = self.false_alerts_per_week * interval[:, None] / SECONDS_PER_WEEK
+        budget = per_point * self.arrays["budget_scale"][ids]
         ways = comb(self.window, self.min_anomalous)
-        alpha = (per_point / ways) ** (1.0 / self.min_anomalous)
+        alpha = (budget / ways) ** (1.0 / self.min_anomalous)
         return np.clip(alpha, 1e-7, 0.05)
 
+    def scale_budget(self, ids: np.ndarray, direction: Direction, factor: float) -> None:
+        """Multiply these series' budget in ``direction`` by ``factor`` (kept in [1/64, 1]).
+
+        Feedback: ``0.5`` after a false positive, ``2.0`` after a confirmed incident.
+        """
+        columns = {"both": slice(None), "high": slice(HIGH, HIGH + 1), "low": slice(LOW, LOW + 1)}[direction]
+        rows = np.asarray(ids, dtype=np.int64)
+        scale = self.arrays["budget_scale"]
+        scale[rows, columns] = np.clip(scale[rows, columns] * factor, MIN_BUDGET_SCALE, 1.0)
+
     def quiet(self, ids: np.ndarray) -> None:
-        """Clear alert state but keep what was learned (the sampling interval)."""
-        for name in ("recent", "firing", "quiet_run", "cooldown_until"):
+        """Clear alert state but keep what was learned (sampling interval, feedback)."""
+        for name in _ALERT_STATE:
             self.arrays[name][ids] = self.fields[name][2]
 
     def _track_interval(self, ids: np.ndarray, t: np.ndarray) -> None:
@@ -123,18 +205,48 @@ class AlertPolicy(ArrayState):
         self.arrays["interval"][ids] = np.where(usable, updated, interval)
         self.arrays["last_t"][ids] = np.where(np.isfinite(t), t, self.arrays["last_t"][ids])
 
-    def decide(self, ids: np.ndarray, t: np.ndarray, p: np.ndarray) -> AlertDecision:
-        """Update alert state with each point's p-value (NaN: no data, no change)."""
+    def _counts(
+        self, sign: np.ndarray, observed: np.ndarray | None, expected: np.ndarray | None
+    ) -> np.ndarray:
+        """Whether each point's deviation goes the watched way and is large enough to matter."""
+        counts = np.ones(len(sign), dtype=bool)
+        if self.direction != "both":
+            counts &= sign > 0 if self.direction == "high" else sign < 0
+        if observed is not None and expected is not None:
+            size = np.abs(observed - expected)
+            # NaN (no expectation yet) fails the comparisons: nothing to alert on.
+            counts &= size >= self.min_deviation
+            counts &= size >= self.min_relative_deviation * np.abs(expected)
+        return counts
+
+    def decide(
+        self,
+        ids: np.ndarray,
+        t: np.ndarray,
+        p: np.ndarray,
+        sign: np.ndarray | None = None,
+        observed: np.ndarray | None = None,
+        expected: np.ndarray | None = None,
+    ) -> AlertDecision:
+        """Update alert state with each point's p-value (NaN: no decision, no change).
+
+        ``sign`` is the side of each deviation (positive: above the expected
+        value; if omitted every point counts as high); ``observed`` and
+        ``expected`` are needed only for the minimum deviation.
+        """
         self._track_interval(ids, t)
-        alpha = self.alpha(ids)
+        sign = np.sign(np.ones(len(ids)) if sign is None else np.nan_to_num(sign)).astype(np.int8)
+        thresholds = self.alpha(ids)
+        alpha = np.where(sign < 0, thresholds[:, LOW], thresholds[:, HIGH])
         known = np.isfinite(p)
-        anomalous = known & (p <= alpha)
+        counts = self._counts(sign, observed, expected)
+        anomalous = known & counts & (p <= alpha)
         mask = np.uint32((1 << self.window) - 1)
         recent = self.arrays["recent"][ids]
         recent = np.where(known, ((recent << np.uint32(1)) | anomalous.astype(np.uint32)) & mask, recent)
         count = np.bitwise_count(recent)
         firing = self.arrays["firing"][ids]
-        calm = known & (p > np.minimum(10.0 * alpha, 0.5))
+        calm = known & (~counts | (p > np.minimum(10.0 * alpha, 0.5)))
         quiet_run = np.where(
             calm, self.arrays["quiet_run"][ids] + 1, np.where(known, 0, self.arrays["quiet_run"][ids])
         )
@@ -142,8 +254,23 @@ class AlertPolicy(ArrayState):
         cooldown_until = np.where(resolves, t + self.cooldown, self.arrays["cooldown_until"][ids])
         onset = ~firing & anomalous & (count >= self.min_anomalous) & (t >= cooldown_until)
         firing = (firing & ~resolves) | onset
+        since = np.where(onset, t, np.where(firing, self.arrays["since"][ids], np.nan))
+        lowest_p = self.arrays["lowest_p"][ids]
+        worse = onset | (firing & anomalous & ~(p >= lowest_p))
+        lowest_p = np.where(worse, p, np.where(firing, lowest_p, np.nan))
+        alert_sign = np.where(worse, sign, np.where(firing, self.arrays["alert_sign"][ids], 0))
         self.arrays["recent"][ids] = recent
         self.arrays["firing"][ids] = firing
         self.arrays["quiet_run"][ids] = np.where(onset, 0, quiet_run)
         self.arrays["cooldown_until"][ids] = cooldown_until
-        return AlertDecision(firing=firing, onset=onset, alpha=alpha)
+        self.arrays["since"][ids] = since
+        self.arrays["lowest_p"][ids] = lowest_p
+        self.arrays["alert_sign"][ids] = alert_sign
+        return AlertDecision(
+            firing=firing,
+            onset=onset,
+            since=since,
+            lowest_p=lowest_p,
+            alert_sign=alert_sign.astype(np.int8),
+            alpha=thresholds,
+        )

@@ -21,10 +21,14 @@ from typing import ClassVar
 
 import numpy as np
 
+from detector.alerts import AlertEvent
 from detector.config import build_engine
 from detector.engine import ScoredBatch
+from detector.incidents import IncidentTracker, Links
 from detector.labels import parse_series_key
+from detector.silences import SilenceSet
 from models.base import ArrayState, FieldSpecs
+from service.history import RecentHistory
 from service.settings import DetectorSpec
 from service.store import Checkpoint
 
@@ -104,11 +108,25 @@ class DetectorRuntime:
     (1.0, True, {'__name__': 'up', 'job': 'a'})
     """
 
-    def __init__(self, spec: DetectorSpec, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        spec: DetectorSpec,
+        clock: Callable[[], float],
+        links: Links | None = None,
+        history_points: int = 240,
+    ) -> None:
         self.spec = spec
         self.clock = clock
         self.engine = build_engine(spec.engine_config())
         self.latest = LatestResults()
+        self.history = RecentHistory(history_points)
+        self.tracker = IncidentTracker(
+            spec.name,
+            group_by=spec.alerting.group_by,
+            group_window=spec.alerting.group_window,
+            refresh_interval=spec.alerting.refresh_interval,
+            links=links,
+        )
         self.labels: dict[str, dict[str, str]] = {}
         self.ids: dict[str, str] = {}
         self._accepts: dict[str, bool] = {}
@@ -139,28 +157,53 @@ class DetectorRuntime:
     def _register(self, keys: list[str]) -> np.ndarray:
         ids = self.engine.register(keys)
         self.latest.resize(len(self.engine.series))
+        self.history.resize(len(self.engine.series))
         for row in self.engine.series.new_rows:
             key = self.engine.series.keys[row]
             self.labels[key] = parse_series_key(key)
             self.ids[series_id(self.name, key)] = key
             self.latest.reset(np.array([row]))
+            self.history.reset(np.array([row]))
         return ids
 
-    def ingest(self, keys: list[str], t: np.ndarray, x: np.ndarray, live: bool = True) -> ScoredBatch:
-        """Score samples (any order of series, each series in time order).
+    def ingest(
+        self,
+        keys: list[str],
+        t: np.ndarray,
+        x: np.ndarray,
+        live: bool = True,
+        rules: SilenceSet | None = None,
+    ) -> list[AlertEvent]:
+        """Score samples (any order of series, each series in time order); returns alert events.
 
-        ``live=False`` replays history: the models learn, alert state is
-        cleared afterwards (history is not news), latest results are kept.
+        ``rules``: silenced points do not alert; points in a maintenance window
+        are not learned either.  ``live=False`` replays history: the models
+        learn, alert state is cleared afterwards (history is not news).
         """
         ids = self._register(keys)
-        scored = self.engine.process(ids, t, x)
+        learn = silenced = None
+        if rules is not None and rules.rules:
+            labels = [self.labels[key] for key in keys]
+            silenced = rules.silenced(labels, t)
+            learn = ~rules.maintenance(labels, t)
+        scored = self.engine.process(ids, t, x, learn=learn, silenced=silenced)
         if not live:
             self.engine.quiet(np.unique(ids))
             scored = replace(scored, alert=np.zeros_like(scored.alert), onset=np.zeros_like(scored.onset))
         self._remember(ids, t, x, scored)
-        return scored
+        if not live or not len(ids):
+            return []
+        # The tracker takes each series once: its latest point and alert state.
+        last = last_positions(ids)
+        latest = ScoredBatch(
+            **{name: getattr(scored, name)[last] for name in ScoredBatch.__dataclass_fields__}
+        )
+        return self.tracker.observe(
+            self.clock(), [keys[i] for i in last], self.labels, t[last], x[last], latest, self.model_name
+        )
 
     def _remember(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, scored: ScoredBatch) -> None:
+        self.history.record(ids, t, x, scored)
         valid = np.isfinite(x)
         if not valid.any():
             return
@@ -191,18 +234,21 @@ class DetectorRuntime:
             self.latest.arrays["ended"][rows] = True
             self.latest.arrays["alert"][rows] = False
 
-    def expire(self) -> list[str]:
-        """Forget series not seen for ``expire_after``; returns their keys."""
+    def expire(self) -> list[AlertEvent]:
+        """Forget series not seen for ``expire_after``; their open alerts resolve."""
         cutoff = self.clock() - self.spec.expire_after
         seen = self.latest.arrays["seen"]
         stale = [key for key, row in self.engine.series.active().items() if seen[row] < cutoff]
+        if not stale:
+            return []
+        events = self.tracker.forget(stale, self.clock())
         if stale:
             self.engine.forget(stale)
             for key in stale:
                 del self.labels[key]
                 del self.ids[series_id(self.name, key)]
                 self._accepts.pop(key, None)
-        return stale
+        return events
 
     def series_state(self, key: str) -> SeriesState | None:
         """The latest results of one series, or None if this detector does not track it."""
@@ -244,7 +290,7 @@ class DetectorRuntime:
             fingerprint=self.spec.fingerprint(),
             saved_at=self.clock(),
             arrays=arrays,
-            extra={"last_eval": self.last_eval},
+            extra={"last_eval": self.last_eval, "incidents": self.tracker.state_dict()},
         )
 
     def restore(self, checkpoint: Checkpoint) -> bool:
@@ -267,5 +313,7 @@ class DetectorRuntime:
         self.labels = {key: parse_series_key(key) for key in self.engine.series.active()}
         self.ids = {series_id(self.name, key): key for key in self.labels}
         self.last_eval = checkpoint.extra.get("last_eval")
+        if "incidents" in checkpoint.extra:
+            self.tracker.load_state_dict(checkpoint.extra["incidents"])
         self.restored = True
         return True

@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from detector.config import DetectorConfig, Duration, YamlDocument
+from detector.silences import MaintenanceWindow, Matcher, Silence
+from service.sinks import SinkConfig
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_:.-]*$")
 
@@ -115,6 +118,38 @@ class DetectorSpec(DetectorConfig):
         )
 
 
+class SilenceSettings(_Section):
+    """A silence or maintenance window from the file: ``matchers`` like ``job="db"``, times as RFC3339.
+
+    ``maintenance: true`` also keeps the data out of learning; ``weekly: true``
+    repeats a maintenance window every week from its first occurrence.
+    """
+
+    matchers: Annotated[list[str], Field(min_length=1)]
+    starts_at: datetime
+    ends_at: datetime
+    comment: str = ""
+    maintenance: bool = False
+    weekly: bool = False
+
+    def rule(self) -> Silence:
+        """The :class:`detector.silences.Silence` (or MaintenanceWindow) this describes."""
+        matchers = [Matcher.parse(text) for text in self.matchers]
+        start, end = self.starts_at.timestamp(), self.ends_at.timestamp()
+        if self.maintenance:
+            return MaintenanceWindow(
+                matchers, start, end, comment=self.comment, created_by="config", weekly=self.weekly
+            )
+        return Silence(matchers, start, end, comment=self.comment, created_by="config")
+
+    @model_validator(mode="after")
+    def _valid_rule(self) -> SilenceSettings:
+        if self.weekly and not self.maintenance:
+            raise ValueError("weekly repeats only maintenance windows; set maintenance: true")
+        self.rule()
+        return self
+
+
 class RemoteWriteSettings(_Section):
     """Limits of the remote_write receiver."""
 
@@ -130,7 +165,9 @@ class ServiceSettings(_Section):
     external_url: str = "http://127.0.0.1:8080"
     remote_write: RemoteWriteSettings = RemoteWriteSettings()
     detectors: Annotated[list[DetectorSpec], Field(min_length=1)]
-    sinks: list[dict[str, Any]] = Field(default_factory=list)
+    sinks: list[SinkConfig] = Field(default_factory=list)
+    silences: list[SilenceSettings] = Field(default_factory=list)
+    history_points: Annotated[int, Field(ge=0)] = 240
 
     @field_validator("detectors")
     @classmethod

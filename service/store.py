@@ -103,6 +103,17 @@ class Store:
         fingerprint, saved_at, blob, extra = row
         return Checkpoint(detector, fingerprint, saved_at, _unpack(blob), json.loads(extra))
 
+    def record_feedback(self, incident_id: str, verdict: str, at: float, event: dict[str, Any]) -> None:
+        """Keep on-call's verdict on an alert (the audit trail of sensitivity changes)."""
+        with self.lock:
+            self.connection.execute(
+                "CREATE TABLE IF NOT EXISTS feedback (incident_id TEXT NOT NULL, verdict TEXT NOT NULL,"
+                " at REAL NOT NULL, event TEXT NOT NULL)"
+            )
+            self.connection.execute(
+                "INSERT INTO feedback VALUES (?, ?, ?, ?)", (incident_id, verdict, at, json.dumps(event))
+            )
+
     def close(self) -> None:
         with self.lock:
             self.connection.close()

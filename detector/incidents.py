@@ -1,0 +1,377 @@
+"""From per-series alert state to incidents: grouping, updates, refreshes, resolution.
+
+The policy decides per series; people want one page per problem.  After each
+engine batch :meth:`IncidentTracker.observe` turns the batch's alert state
+into :class:`~detector.alerts.AlertEvent` s:
+
+* series whose alerts open within ``group_window`` of each other (each within
+  the window of the incident's latest arrival) and share the values of the
+  ``group_by`` labels form **one** incident, its findings ranked by p-value;
+* a series that starts alerting in an open incident's group and window joins
+  it: one ``updated`` event per batch, whatever the number of newcomers;
+* a firing incident is re-sent as ``refreshed`` every ``refresh_interval``
+  (lease-based receivers such as Alertmanager resolve what is not re-sent);
+* when every member's alert has resolved, the incident is ``resolved``.
+
+Each event carries a new ``sequence``.  The ``incident_id`` is a hash of the
+detector, the group labels and the opening time, which is the onset's sample
+time: replaying the same data after a restart gives the same ids, so
+receivers deduplicate retries.  Series of the same group that were unusual
+(p at most ``correlate_below``) without alerting when the incident opened or
+grew are listed as ``correlated``, those moving the incident's way first.
+
+A silenced point, or a gap, is no decision: it neither resolves a member nor
+adds one.  The tracker's state is plain JSON (:meth:`IncidentTracker.state_dict`),
+for the service to checkpoint beside the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detector.alerts import AlertEvent, Change, SeriesFinding
+from detector.engine import ScoredBatch
+from detector.explain import describe, summarize
+
+Links = Callable[[Sequence[SeriesFinding]], dict[str, str]]
+
+
+def incident_id(detector: str, group_labels: Mapping[str, str], opened_at: float) -> str:
+    """The deterministic id of an incident.
+
+    >>> incident_id("latency", {"job": "api"}, 1700000000.0)
+    '0507bac9a181c7fc'
+    """
+    text = json.dumps([detector, sorted(group_labels.items()), repr(float(opened_at))])
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+@dataclass
+class _Member:
+    finding: SeriesFinding
+    firing: bool = True
+
+
+@dataclass
+class _Incident:
+    incident_id: str
+    group: tuple[str, ...]
+    group_labels: dict[str, str]
+    opened_at: float
+    last_arrival: float
+    sequence: int = 0
+    last_sent: float = -math.inf
+    resolved_at: float | None = None
+    members: dict[str, _Member] = field(default_factory=dict)
+    #: key -> (rank, p): the best showing of each correlated series.
+    correlated: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def firing(self) -> bool:
+        return any(member.firing for member in self.members.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["group"] = list(self.group)
+        data["last_sent"] = None if math.isinf(self.last_sent) else self.last_sent
+        data["correlated"] = {key: list(value) for key, value in self.correlated.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _Incident:
+        values = dict(data)
+        values["group"] = tuple(data["group"])
+        values["last_sent"] = -math.inf if data["last_sent"] is None else data["last_sent"]
+        values["members"] = {
+            key: _Member(SeriesFinding(**member["finding"]), member["firing"])
+            for key, member in data["members"].items()
+        }
+        values["correlated"] = {key: (int(rank), float(p)) for key, (rank, p) in data["correlated"].items()}
+        return cls(**values)
+
+
+class IncidentTracker:
+    """Groups per-series alerts of one detector into incidents and emits their events.
+
+    Parameters
+    ----------
+    detector
+        The detector's name, carried by every event and part of the incident id.
+    group_by
+        Labels whose values put series into the same incident (``[]``: one group).
+    group_window
+        Seconds between alert onsets within which series join one incident.
+    refresh_interval
+        Seconds between ``refreshed`` re-sends of a firing incident.
+    links
+        Builds an event's links (graph, runbook …) from its ranked findings.
+    correlate_below, max_correlated
+        Non-alerting series of the group with p at most ``correlate_below`` are
+        candidates for ``correlated``; at most ``max_correlated`` are listed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from detector.engine import ScoredBatch
+    >>> def batch(t, alert, p):
+    ...     n = len(alert)
+    ...     return ScoredBatch(
+    ...         anomaly_score=1 - np.array(p), p_value=np.array(p), deviation=np.full(n, 5.0),
+    ...         expected=np.full(n, 10.0), lower=np.full(n, 8.0), upper=np.full(n, 12.0),
+    ...         warming=np.zeros(n, bool), alert=np.array(alert), onset=np.array(alert),
+    ...         decided=np.ones(n, bool), since=np.where(alert, t, np.nan), lowest_p=np.array(p),
+    ...         alert_sign=np.ones(n, np.int8), interval=np.full(n, 60.0))
+    >>> keys = ["a", "b"]
+    >>> labels = {"a": {"job": "api"}, "b": {"job": "api"}}
+    >>> tracker = IncidentTracker("latency", group_by=["job"], group_window=120, refresh_interval=60)
+    >>> events = tracker.observe(0.0, keys, labels, np.zeros(2), np.full(2, 20.0),
+    ...                          batch(0.0, [True, True], [1e-6, 1e-5]), "auto")
+    >>> [(e.change, e.sequence, [f.key for f in e.findings]) for e in events]
+    [('opened', 1, ['a', 'b'])]
+    >>> events = tracker.observe(60.0, keys, labels, np.full(2, 60.0), np.full(2, 10.0),
+    ...                          batch(60.0, [False, False], [0.5, 0.5]), "auto")
+    >>> [(e.change, e.status, e.resolved_at) for e in events]
+    [('resolved', 'resolved', 60.0)]
+    """
+
+    def __init__(
+        self,
+        detector: str,
+        group_by: Sequence[str],
+        group_window: float,
+        refresh_interval: float,
+        links: Links | None = None,
+        correlate_below: float = 0.01,
+        max_correlated: int = 5,
+    ) -> None:
+        if group_window < 0 or refresh_interval <= 0:
+            raise ValueError(
+                f"group_window must not be negative and refresh_interval must be positive, "
+                f"got {group_window} and {refresh_interval}"
+            )
+        self.detector = detector
+        self.group_by = list(group_by)
+        self.group_window = group_window
+        self.refresh_interval = refresh_interval
+        self.links = links
+        self.correlate_below = correlate_below
+        self.max_correlated = max_correlated
+        self._incidents: dict[str, _Incident] = {}
+        #: Firing member key -> its incident's id.
+        self._firing: dict[str, str] = {}
+
+    @property
+    def open_incidents(self) -> list[str]:
+        """Ids of the incidents not yet resolved, oldest first."""
+        return sorted(self._incidents, key=lambda i: (self._incidents[i].opened_at, i))
+
+    def _group(self, labels: Mapping[str, str]) -> tuple[str, ...]:
+        return tuple(labels.get(name, "") for name in self.group_by)
+
+    def observe(
+        self,
+        now: float,
+        keys: Sequence[str],
+        labels: Mapping[str, Mapping[str, str]],
+        t: np.ndarray,
+        x: np.ndarray,
+        scored: ScoredBatch,
+        model: str,
+    ) -> list[AlertEvent]:
+        """Take one engine batch (aligned ``keys``, ``t``, ``x``, ``scored``); return the events due.
+
+        ``labels`` maps each key to its label set; ``now`` is the time the
+        events are stamped with and refreshes are scheduled by.  Each key
+        appears at most once (feed a batch with repeated series round by round).
+        """
+        changes: dict[str, Change] = {}
+        arrivals = []
+        for i in np.nonzero(scored.alert & scored.decided)[0].tolist():
+            owner = self._firing.get(keys[i])
+            if owner is None:
+                arrivals.append(i)
+            else:
+                self._refine(self._incidents[owner].members[keys[i]], scored, x, i)
+        if self._firing:
+            for i in np.nonzero(~scored.alert & scored.decided)[0].tolist():
+                self._resolve(keys[i], float(t[i]))
+        arrivals.sort(key=lambda i: (self._group(labels[keys[i]]), _onset(scored, t, i), keys[i]))
+        for i in arrivals:
+            key = keys[i]
+            onset = _onset(scored, t, i)
+            group = self._group(labels[key])
+            incident = self._joinable(group, onset)
+            if incident is None:
+                incident = self._open(group, onset)
+                changes[incident.incident_id] = "opened"
+            else:
+                changes.setdefault(incident.incident_id, "updated")
+            incident.last_arrival = max(incident.last_arrival, onset)
+            incident.members[key] = _Member(self._finding(key, labels[key], scored, x, i, model))
+            self._firing[key] = incident.incident_id
+        for opened_or_updated in changes:
+            self._correlate(self._incidents[opened_or_updated], keys, labels, scored)
+        return self._emit(now, changes)
+
+    def forget(self, keys: Sequence[str], now: float) -> list[AlertEvent]:
+        """Series that are gone (expired, dropped): their alerts count as resolved at ``now``."""
+        for key in keys:
+            self._resolve(key, now)
+        return self._emit(now, {})
+
+    def _resolve(self, key: str, at: float) -> None:
+        owner = self._firing.pop(key, None)
+        if owner is not None:
+            incident = self._incidents[owner]
+            incident.members[key].firing = False
+            incident.resolved_at = max(incident.resolved_at or -math.inf, at)
+
+    def _open(self, group: tuple[str, ...], onset: float) -> _Incident:
+        labels = {name: value for name, value in zip(self.group_by, group, strict=True) if value}
+        incident = _Incident(incident_id(self.detector, labels, onset), group, labels, onset, onset)
+        self._incidents[incident.incident_id] = incident
+        return incident
+
+    def _joinable(self, group: tuple[str, ...], onset: float) -> _Incident | None:
+        """The open incident of this group that an alert opening at ``onset`` joins, if any."""
+        candidates = [
+            incident
+            for incident in self._incidents.values()
+            if incident.group == group and abs(onset - incident.last_arrival) <= self.group_window
+        ]
+        return max(candidates, key=lambda incident: incident.last_arrival, default=None)
+
+    @staticmethod
+    def _finding(
+        key: str, labels: Mapping[str, str], scored: ScoredBatch, x: np.ndarray, i: int, model: str
+    ) -> SeriesFinding:
+        return SeriesFinding(
+            key=key,
+            labels=dict(labels),
+            observed=float(x[i]),
+            expected=float(scored.expected[i]),
+            lower=float(scored.lower[i]),
+            upper=float(scored.upper[i]),
+            p_value=float(scored.p_value[i]),
+            direction="low" if scored.alert_sign[i] < 0 else "high",
+            started_at=float(scored.since[i]),
+            model=model,
+            warming=bool(scored.warming[i]),
+            interval=float(scored.interval[i]),
+        )
+
+    @staticmethod
+    def _refine(member: _Member, scored: ScoredBatch, x: np.ndarray, i: int) -> None:
+        """Keep the member's most extreme point so far as its finding."""
+        p = float(scored.p_value[i])
+        if p < member.finding.p_value:
+            member.finding = dataclasses.replace(
+                member.finding,
+                observed=float(x[i]),
+                expected=float(scored.expected[i]),
+                lower=float(scored.lower[i]),
+                upper=float(scored.upper[i]),
+                p_value=p,
+                direction="low" if scored.alert_sign[i] < 0 else "high",
+                warming=bool(scored.warming[i]),
+                interval=float(scored.interval[i]),
+            )
+
+    def _correlate(
+        self,
+        incident: _Incident,
+        keys: Sequence[str],
+        labels: Mapping[str, Mapping[str, str]],
+        scored: ScoredBatch,
+    ) -> None:
+        """Remember the group's unusual but quiet series of this batch, those moving the same way first."""
+        direction = 1 if self._ranked(incident)[0].direction == "high" else -1
+        unusual = ~scored.alert & scored.decided & (scored.p_value <= self.correlate_below)
+        for i in np.nonzero(unusual)[0].tolist():
+            key = keys[i]
+            if key in incident.members or self._group(labels[key]) != incident.group:
+                continue
+            rank = (0 if np.sign(scored.deviation[i]) == direction else 1, float(scored.p_value[i]))
+            incident.correlated[key] = min(rank, incident.correlated.get(key, rank))
+        best = sorted(incident.correlated.items(), key=lambda item: (item[1], item[0]))
+        incident.correlated = dict(best[: self.max_correlated])
+
+    @staticmethod
+    def _ranked(incident: _Incident) -> tuple[SeriesFinding, ...]:
+        findings = (member.finding for member in incident.members.values())
+        return tuple(sorted(findings, key=lambda f: (f.p_value, f.key)))
+
+    def _emit(self, now: float, changes: Mapping[str, Change]) -> list[AlertEvent]:
+        events = []
+        for key in self.open_incidents:
+            incident = self._incidents[key]
+            change: Change | None
+            if not incident.firing():
+                change = "resolved"
+                del self._incidents[key]
+            elif key in changes:
+                change = changes[key]
+            elif now - incident.last_sent >= self.refresh_interval:
+                change = "refreshed"
+            else:
+                change = None
+            if change is not None:
+                events.append(self._event(incident, change, now))
+        return events
+
+    def _event(self, incident: _Incident, change: Change, now: float) -> AlertEvent:
+        incident.sequence += 1
+        incident.last_sent = now
+        findings = self._ranked(incident)
+        event = AlertEvent(
+            incident_id=incident.incident_id,
+            status="resolved" if change == "resolved" else "firing",
+            change=change,
+            detector=self.detector,
+            group_labels=dict(incident.group_labels),
+            opened_at=incident.opened_at,
+            resolved_at=incident.resolved_at if change == "resolved" else None,
+            updated_at=now,
+            sequence=incident.sequence,
+            findings=findings,
+            summary="",
+            description="",
+            links=self.links(findings) if self.links is not None else {},
+            correlated=tuple(incident.correlated),
+        )
+        return dataclasses.replace(event, summary=summarize(event), description=describe(event))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The open incidents as JSON-ready data.
+
+        >>> tracker = IncidentTracker("cpu", ["job"], 120.0, 60.0)
+        >>> copy = IncidentTracker("cpu", ["job"], 120.0, 60.0)
+        >>> copy.load_state_dict(json.loads(json.dumps(tracker.state_dict())))
+        >>> copy.open_incidents
+        []
+        """
+        return {"incidents": [incident.to_dict() for incident in self._incidents.values()]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        incidents = [_Incident.from_dict(data) for data in state["incidents"]]
+        self._incidents = {incident.incident_id: incident for incident in incidents}
+        self._firing = {
+            key: incident.incident_id
+            for incident in incidents
+            for key, member in incident.members.items()
+            if member.firing
+        }
+
+
+def _onset(scored: ScoredBatch, t: np.ndarray, i: int) -> float:
+    """When the series' alert opened: the policy's record, else this point's time."""
+    since = float(scored.since[i])
+    return since if math.isfinite(since) else float(t[i])

@@ -1,0 +1,230 @@
+"""The FastAPI shell around :class:`service.detection.Detection`: routes, lifespan, nothing else.
+
+Routes::
+
+    GET  /                        web page: detectors, anomalous series, recent alerts
+    GET  /series/{id}             web page: one series' plot, band, score and explanation
+    POST /api/v1/write            Prometheus remote_write receiver (snappy + protobuf)
+    GET  /metrics                 scores, bands and self-metrics for Prometheus
+    GET  /-/healthy, /-/ready     liveness; readiness (state restored, first evaluation done)
+    GET  /api/v1/detectors        detectors and their series counts
+    GET  /api/v1/series           series, optionally ?detector=…&anomalous=true
+    GET  /api/v1/series/{id}      one series: latest value, band, score, warm-up status
+    GET  /api/v1/alerts           recent alert events (newest first) and delivery counts
+    POST /api/v1/alerts/{incident_id}/feedback   {"verdict": "false_positive" | "incident"}
+    GET/POST /api/v1/silences, DELETE /api/v1/silences/{id}   silences and maintenance windows
+
+The engine, store and loops are built in the lifespan handler and kept on
+``app.state``; tests build the app with their own settings and reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, replace
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from detector.silences import Silence
+from service import web
+from service.detection import Detection
+from service.prometheus import PrometheusReader
+from service.remote_write import RemoteWriteError, decode_write_request
+from service.runtime import SeriesState
+from service.settings import ServiceSettings, SilenceSettings
+from service.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def _detection(request: Request) -> Detection:
+    detection: Detection = request.app.state.detection
+    return detection
+
+
+DetectionDep = Annotated[Detection, Depends(_detection)]
+
+
+def _finite(value: float) -> float | None:
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _series_json(state: SeriesState) -> dict[str, Any]:
+    data = asdict(state)
+    return {name: _finite(value) if isinstance(value, float) else value for name, value in data.items()}
+
+
+class FeedbackRequest(BaseModel):
+    """On-call's verdict on an alert."""
+
+    verdict: Literal["false_positive", "incident"]
+
+
+class SilenceRequest(SilenceSettings):
+    """A silence (or, with ``maintenance: true``, a maintenance window) made through the API."""
+
+    created_by: str = "api"
+
+    def rule(self) -> Silence:
+        return replace(super().rule(), created_by=self.created_by)
+
+
+def create_app(
+    settings: ServiceSettings,
+    reader: PrometheusReader | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The service as an ASGI app; starting it restores state and starts the loops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store(settings.store)
+        detection = Detection(settings, store, reader=reader, clock=clock)
+        detection.restore()
+        app.state.detection = detection
+        tasks = [asyncio.create_task(detection.pull_loop(r)) for r in detection.pull_detectors]
+        tasks.append(asyncio.create_task(detection.checkpoint_loop()))
+        tasks.append(asyncio.create_task(detection.delivery_loop()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await detection.checkpoint()
+            detection.outbox.close()
+            store.close()
+            log.info("state saved to %s", settings.store)
+
+    app = FastAPI(title="incident-anomaly-detector", lifespan=lifespan)
+    app.include_router(web.router)
+
+    @app.post("/api/v1/write", status_code=204)
+    async def remote_write(request: Request, detection: DetectionDep) -> Response:
+        body = await request.body()
+        try:
+            decoded = decode_write_request(
+                body,
+                request.headers.get("content-type"),
+                request.headers.get("content-encoding"),
+                settings.remote_write.max_bytes,
+            )
+        except RemoteWriteError as error:
+            detection.metrics.dropped.labels("bad_request").inc()
+            return PlainTextResponse(f"{error}\n", status_code=error.status)
+        detection.ingest_remote_write(decoded)
+        return Response(status_code=204)
+
+    @app.get("/metrics")
+    def metrics(detection: DetectionDep) -> Response:
+        detection.metrics.observe_series(detection.runtimes.values())
+        return Response(generate_latest(detection.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/-/healthy", response_class=PlainTextResponse)
+    def healthy() -> str:
+        return "anomaly-detector is healthy.\n"
+
+    @app.get("/-/ready", response_class=PlainTextResponse)
+    def ready(detection: DetectionDep) -> PlainTextResponse:
+        if detection.ready:
+            return PlainTextResponse("anomaly-detector is ready.\n")
+        waiting = [r.name for r in detection.pull_detectors if r.name not in detection.evaluated]
+        reason = "restoring state" if not detection.restored else f"waiting for first evaluation of {waiting}"
+        return PlainTextResponse(f"not ready: {reason}\n", status_code=503)
+
+    @app.get("/api/v1/detectors")
+    def detectors(detection: DetectionDep) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": r.name,
+                "source": r.spec.source,
+                "query": r.spec.query,
+                "model": r.spec.model,
+                "series": len(r.engine.series.active()),
+                "warming": r.warming_count(),
+                "restored": r.restored,
+                "last_evaluation": r.last_eval,
+            }
+            for r in detection.runtimes.values()
+        ]
+
+    @app.get("/api/v1/series")
+    def series(
+        detection: DetectionDep, detector: str | None = None, anomalous: bool = False
+    ) -> list[dict[str, Any]]:
+        if detector is not None and detector not in detection.runtimes:
+            raise HTTPException(404, f"no detector {detector!r}; see /api/v1/detectors")
+        states = [
+            state
+            for runtime in detection.runtimes.values()
+            if detector is None or runtime.name == detector
+            for state in runtime.all_series()
+            if not anomalous or state.alert
+        ]
+        states.sort(key=lambda s: -s.anomaly_score if s.anomaly_score == s.anomaly_score else 0.0)
+        return [_series_json(state) for state in states]
+
+    @app.get("/api/v1/series/{series_id}")
+    def one_series(series_id: str, detection: DetectionDep) -> JSONResponse:
+        for runtime in detection.runtimes.values():
+            key = runtime.ids.get(series_id)
+            if key is not None:
+                state = runtime.series_state(key)
+                if state is not None:
+                    data = _series_json(state)
+                    data["model"] = runtime.model_name
+                    return JSONResponse(data)
+        raise HTTPException(404, f"no series {series_id!r}; list them at /api/v1/series")
+
+    @app.get("/api/v1/alerts")
+    def alerts(detection: DetectionDep, limit: int = 100) -> dict[str, Any]:
+        deliveries = [
+            {"sink": sink, "state": state, "count": count}
+            for (sink, state), count in detection.outbox.stats().items()
+        ]
+        return {"events": [e.to_dict() for e in detection.recent_alerts(limit)], "deliveries": deliveries}
+
+    @app.post("/api/v1/alerts/{incident_id}/feedback")
+    def feedback(incident_id: str, body: FeedbackRequest, detection: DetectionDep) -> dict[str, Any]:
+        try:
+            event = detection.feedback(incident_id, body.verdict)
+        except KeyError:
+            raise HTTPException(404, f"no recent incident {incident_id!r}; see /api/v1/alerts") from None
+        runtime = detection.runtimes[event.detector]
+        scales = {}
+        for finding in event.findings:
+            row = runtime.engine.series.get(finding.key)
+            if row is not None:
+                high, low = runtime.engine.policy.arrays["budget_scale"][row].tolist()
+                scales[finding.key] = {"high": high, "low": low}
+        return {"incident_id": incident_id, "verdict": body.verdict, "budget_scale": scales}
+
+    @app.get("/api/v1/silences")
+    def list_silences(detection: DetectionDep) -> list[dict[str, object]]:
+        return detection.silences.listing(clock())
+
+    @app.post("/api/v1/silences", status_code=201)
+    def add_silence(body: SilenceRequest, detection: DetectionDep) -> dict[str, object]:
+        try:
+            rule = body.rule()
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
+        return {"id": detection.silences.add(rule).id}
+
+    @app.delete("/api/v1/silences/{rule_id}", status_code=204)
+    def delete_silence(rule_id: str, detection: DetectionDep) -> Response:
+        if not detection.silences.remove(rule_id):
+            raise HTTPException(
+                404, f"no API-made silence {rule_id!r} (config silences are edited in the file)"
+            )
+        return Response(status_code=204)
+
+    return app

@@ -1,0 +1,307 @@
+"""The live service's work, independent of HTTP: pull loops, remote_write ingest, checkpoints.
+
+:class:`Detection` owns one :class:`~service.runtime.DetectorRuntime` per
+configured detector, the Prometheus reader, the store and the self-metrics.
+The FastAPI app (``service.app``) only routes requests to it and runs its
+loops in the lifespan.  All engine work happens on the event-loop thread;
+Prometheus queries and store writes run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from urllib.parse import urlencode
+
+import numpy as np
+
+from detector.alerts import AlertEvent, SeriesFinding
+from detector.labels import series_key
+from detector.silences import MaintenanceWindow, Matcher
+from service.exposition import SelfMetrics
+from service.outbox import Outbox, connect
+from service.prometheus import PrometheusError, PrometheusReader, RangeSeries, Sample
+from service.remote_write import DecodedWrite
+from service.runtime import DetectorRuntime, series_id
+from service.settings import DetectorSpec, ServiceSettings
+from service.silence_book import SilenceBook
+from service.sinks import build_sinks
+from service.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+def _flatten(series: list[RangeSeries]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Range results as one batch in time order (each series' points stay in order)."""
+    keys: list[str] = []
+    for item in series:
+        keys.extend([series_key(item.labels)] * len(item.t))
+    if not keys:
+        return [], np.zeros(0), np.zeros(0)
+    t = np.concatenate([item.t for item in series])
+    x = np.concatenate([item.x for item in series])
+    order = np.argsort(t, kind="stable")
+    return [keys[i] for i in order], t[order], x[order]
+
+
+class Detection:
+    """Runs every configured detector; see the module docstring.
+
+    ``reader`` is built from the settings unless given; ``clock`` is wall time.
+    """
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        store: Store,
+        reader: PrometheusReader | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.reader = reader or PrometheusReader(
+            settings.prometheus.url, settings.prometheus.headers, settings.prometheus.timeout
+        )
+        self.runtimes = {
+            spec.name: DetectorRuntime(spec, clock, self._links_for(spec), settings.history_points)
+            for spec in settings.detectors
+        }
+        self.metrics = SelfMetrics(lambda: self.runtimes.values())
+        self.evaluated: set[str] = set()
+        self.restored = False
+        self.silences = SilenceBook(store, [rule.rule() for rule in settings.silences])
+        self.outbox = Outbox(connect(settings.store), build_sinks(settings.sinks), clock=clock)
+        self._recent: deque[AlertEvent] = deque(maxlen=500)
+
+    def _links_for(self, spec: DetectorSpec) -> Callable[[Sequence[SeriesFinding]], dict[str, str]]:
+        """Links back for an alert: a Prometheus graph of the top series, and its page here."""
+        prometheus = self.settings.prometheus.url.rstrip("/")
+        service = self.settings.external_url.rstrip("/")
+
+        def links(findings: Sequence[SeriesFinding]) -> dict[str, str]:
+            top = findings[0]
+            # A series key is a valid PromQL selector when it has a metric name.
+            expr = top.key if top.labels.get("__name__") else (spec.query or top.key)
+            graph = urlencode({"g0.expr": expr, "g0.tab": "0", "g0.range_input": "1h"})
+            return {
+                "graph": f"{prometheus}/graph?{graph}",
+                "series": f"{service}/series/{series_id(spec.name, top.key)}",
+            }
+
+        return links
+
+    # --- alerts ----------------------------------------------------------------------------
+
+    def publish(self, events: list[AlertEvent]) -> None:
+        """Write events to the outbox (durably, before any delivery) and keep them for the page."""
+        for event in events:
+            try:
+                self.outbox.enqueue(event)
+            except Exception:
+                self.metrics.store_errors.labels("outbox").inc()
+                log.exception("could not store alert event %s/%d", event.incident_id, event.sequence)
+            self._recent.appendleft(event)
+            self.metrics.alerts.labels(event.detector, event.change).inc()
+            log.info("alert %s %s: %s", event.change, event.incident_id, event.summary)
+
+    def recent_alerts(self, limit: int) -> list[AlertEvent]:
+        """The newest ``limit`` alert events, newest first."""
+        return list(itertools.islice(self._recent, limit))
+
+    def find_incident(self, incident_id: str) -> AlertEvent | None:
+        """The latest event of an incident still in memory."""
+        return next((e for e in self._recent if e.incident_id == incident_id), None)
+
+    def feedback(self, incident_id: str, verdict: str) -> AlertEvent:
+        """Mark an incident a false positive or a real incident (see :meth:`Engine.mark_false_positive`).
+
+        A confirmed incident also becomes a maintenance window over its series
+        from its start until an hour from now, so it is not learned as normal.
+        """
+        event = self.find_incident(incident_id)
+        if event is None:
+            raise KeyError(incident_id)
+        runtime = self.runtimes[event.detector]
+        for finding in event.findings:
+            row = runtime.engine.series.get(finding.key)
+            if row is None:
+                continue
+            if verdict == "false_positive":
+                runtime.engine.mark_false_positive(np.array([row]), finding.direction)
+            else:
+                runtime.engine.mark_incident(np.array([row]), finding.direction)
+        if verdict == "incident":
+            matchers = [Matcher(name, "=", value) for name, value in event.top.labels.items()]
+            self.silences.add(
+                MaintenanceWindow(
+                    matchers,
+                    event.opened_at,
+                    self.clock() + 3600.0,
+                    comment=f"confirmed incident {incident_id}",
+                    created_by="feedback",
+                )
+            )
+        self.store.record_feedback(incident_id, verdict, self.clock(), event.to_dict())
+        return event
+
+    async def delivery_loop(self, period: float = 1.0) -> None:
+        """Deliver due outbox rows forever (network I/O in a worker thread)."""
+        while True:
+            try:
+                await asyncio.to_thread(self.outbox.deliver_due)
+            except Exception:
+                log.exception("alert delivery pass failed; retrying")
+            await asyncio.sleep(period)
+
+    @property
+    def pull_detectors(self) -> list[DetectorRuntime]:
+        return [r for r in self.runtimes.values() if r.spec.source == "pull"]
+
+    @property
+    def push_detectors(self) -> list[DetectorRuntime]:
+        return [r for r in self.runtimes.values() if r.spec.source == "remote_write"]
+
+    @property
+    def ready(self) -> bool:
+        """State restored and every pull detector evaluated at least once."""
+        return self.restored and all(r.name in self.evaluated for r in self.pull_detectors)
+
+    # --- state -----------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load each detector's checkpoint (a detector whose settings changed starts cold)."""
+        for runtime in self.runtimes.values():
+            try:
+                checkpoint = self.store.load_checkpoint(runtime.name)
+            except (StoreError, OSError, ValueError) as error:
+                self.metrics.store_errors.labels("restore").inc()
+                log.error("detector %s: cannot read its checkpoint (%s); starting cold", runtime.name, error)
+                continue
+            if checkpoint is not None and runtime.restore(checkpoint):
+                log.info("detector %s: restored %d series", runtime.name, len(runtime.engine.series.active()))
+        self.restored = True
+
+    async def checkpoint(self) -> None:
+        """Save every detector's state in one transaction (arrays copied on this thread)."""
+        checkpoints = [runtime.checkpoint() for runtime in self.runtimes.values()]
+        try:
+            await asyncio.to_thread(self.store.save_checkpoints, checkpoints)
+        except Exception:
+            self.metrics.store_errors.labels("checkpoint").inc()
+            log.exception("checkpoint failed; will retry at the next interval")
+            return
+        self.metrics.checkpoint_time.set(self.clock())
+
+    async def checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.checkpoint_interval)
+            await self.checkpoint()
+            for runtime in self.runtimes.values():
+                self.publish(runtime.expire())
+            self.metrics.observe_series(self.runtimes.values())
+
+    # --- pull ------------------------------------------------------------------------------
+
+    async def evaluate(self, runtime: DetectorRuntime) -> None:
+        """One evaluation: catch up a gap, warm-start new series, then score the instant query."""
+        query = runtime.spec.query
+        assert query is not None  # a pull detector always has one (settings validation)
+        step = runtime.spec.interval
+        started = time.perf_counter()
+        samples: list[Sample] = await asyncio.to_thread(self.reader.instant, query)
+        now = samples[0].t if samples else self.clock()
+        if runtime.last_eval is not None and now - runtime.last_eval > 1.5 * step:
+            await self._replay(runtime, runtime.last_eval + step, now - step / 2, live=True, only_known=True)
+        keys = [series_key(sample.labels) for sample in samples]
+        if runtime.spec.lookback > 0 and any(not runtime.known(key) for key in keys):
+            new = {key for key in keys if not runtime.known(key)}
+            await self._replay(runtime, now - runtime.spec.lookback, now - step / 2, live=False, restrict=new)
+        t = np.array([sample.t for sample in samples])
+        x = np.array([sample.value for sample in samples])
+        self.publish(runtime.ingest(keys, t, x, rules=self.silences.rules))
+        runtime.last_eval = now
+        self.evaluated.add(runtime.name)
+        self.metrics.ingested.labels(runtime.name, "pull").inc(len(samples))
+        self.metrics.evaluation.labels(runtime.name).observe(time.perf_counter() - started)
+        if len(t):
+            self.metrics.lag.labels(runtime.name).set(self.clock() - float(t.max()))
+
+    async def _replay(
+        self,
+        runtime: DetectorRuntime,
+        start: float,
+        end: float,
+        live: bool,
+        only_known: bool = False,
+        restrict: set[str] | None = None,
+    ) -> None:
+        """Range-query [start, end] and feed it, for known series only or for ``restrict``."""
+        if end <= start:
+            return
+        query = runtime.spec.query
+        assert query is not None
+        series = await asyncio.to_thread(self.reader.range, query, start, end, runtime.spec.interval)
+        keys, t, x = _flatten(series)
+        keep = [
+            i
+            for i, key in enumerate(keys)
+            if (not only_known or runtime.known(key)) and (restrict is None or key in restrict)
+        ]
+        if keep:
+            index = np.array(keep)
+            events = runtime.ingest(
+                [keys[i] for i in keep], t[index], x[index], live=live, rules=self.silences.rules
+            )
+            self.publish(events)
+            self.metrics.ingested.labels(runtime.name, "history" if not live else "catch_up").inc(len(keep))
+            log.info(
+                "detector %s: replayed %d points (%s)",
+                runtime.name,
+                len(keep),
+                "catch-up" if live else "warm start",
+            )
+
+    async def pull_loop(self, runtime: DetectorRuntime) -> None:
+        """Evaluate every ``interval`` forever; a failed query is logged, counted and retried."""
+        while True:
+            started = self.clock()
+            try:
+                await self.evaluate(runtime)
+            except PrometheusError as error:
+                self.metrics.source_errors.labels(runtime.name).inc()
+                log.warning("detector %s: %s", runtime.name, error)
+            delay = runtime.spec.interval - (self.clock() - started)
+            await asyncio.sleep(max(delay, 0.0))
+
+    # --- push ------------------------------------------------------------------------------
+
+    def ingest_remote_write(self, decoded: DecodedWrite) -> int:
+        """Score remote-written samples with every detector whose match selects them; returns how many."""
+        matched = np.zeros(len(decoded.keys), dtype=bool)
+        for runtime in self.push_detectors:
+            accepts = {key: runtime.accepts(key, labels) for key, labels in decoded.labels.items()}
+            mask = np.fromiter((accepts[key] for key in decoded.keys), dtype=bool, count=len(decoded.keys))
+            matched |= mask
+            ended = mask & decoded.stale
+            if ended.any():
+                runtime.end({decoded.keys[i] for i in np.nonzero(ended)[0]})
+            use = np.nonzero(mask & ~decoded.stale)[0]
+            if len(use):
+                events = runtime.ingest(
+                    [decoded.keys[i] for i in use], decoded.t[use], decoded.x[use], rules=self.silences.rules
+                )
+                self.publish(events)
+                self.metrics.ingested.labels(runtime.name, "remote_write").inc(len(use))
+                self.metrics.lag.labels(runtime.name).set(self.clock() - float(decoded.t[use].max()))
+        reasons: dict[str, int] = defaultdict(int)
+        reasons["unmatched"] = int((~matched).sum())
+        reasons["stale_marker"] = int((matched & decoded.stale).sum())
+        for reason, count in reasons.items():
+            if count:
+                self.metrics.dropped.labels(reason).inc(count)
+        return int((matched & ~decoded.stale).sum())

@@ -1,0 +1,236 @@
+"""The alert policy and the engine's use of it: budget, direction, minimum deviation, feedback, masks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from detector import AlertPolicy, Engine, TailCalibrator
+from detector.calibration import Direction
+from detector.policy import HIGH, LOW, MIN_BUDGET_SCALE, SECONDS_PER_WEEK
+from models import RobustEWMA
+
+STEP = 60.0
+
+
+def _onsets_per_budget(policy: AlertPolicy, rng: np.random.Generator, steps: int, sign: int = 0) -> float:
+    """Alerts opened on uniform p-values, per series-week, as a fraction of the budget.
+
+    ``sign`` 0 draws each point's side at random.
+    """
+    n = policy.n_series
+    ids = np.arange(n)
+    onsets = 0
+    for step in range(steps):
+        side = rng.choice([-1, 1], n) if sign == 0 else np.full(n, sign)
+        onsets += int(policy.decide(ids, np.full(n, STEP * step), rng.random(n), sign=side).onset.sum())
+    weeks = n * steps * STEP / SECONDS_PER_WEEK
+    return onsets / weeks / policy.false_alerts_per_week
+
+
+def _policy(n: int, **kwargs: Any) -> AlertPolicy:
+    policy = AlertPolicy(**kwargs)
+    policy.resize(n)
+    return policy
+
+
+def test_budget_sets_the_alert_rate_on_independent_p_values() -> None:
+    # The budget counts C(window, k) ways to be anomalous, where an onset needs the
+    # current point anomalous too: C(window-1, k-1) ways; so about 2/3 of it with 2 of 3.
+    rate = _onsets_per_budget(_policy(200, false_alerts_per_week=5.0), np.random.default_rng(0), 5000)
+    assert 0.5 < rate < 1.0
+
+
+def test_halving_the_budget_scale_halves_the_alert_rate() -> None:
+    full = _onsets_per_budget(_policy(200, false_alerts_per_week=5.0), np.random.default_rng(1), 5000)
+    halved = _policy(200, false_alerts_per_week=5.0)
+    halved.scale_budget(np.arange(200), "both", 0.5)
+    ratio = _onsets_per_budget(halved, np.random.default_rng(2), 5000) / full
+    assert 0.35 < ratio < 0.65
+
+
+def test_feedback_is_per_direction() -> None:
+    policy = _policy(200, false_alerts_per_week=5.0)
+    policy.scale_budget(np.arange(200), "high", 1 / 16)
+    high = _onsets_per_budget(policy, np.random.default_rng(3), 3000, sign=1)
+    policy.quiet(np.arange(200))
+    low = _onsets_per_budget(policy, np.random.default_rng(4), 3000, sign=-1)
+    assert high < 0.25 * low
+    assert policy.arrays["budget_scale"][0].tolist() == [1 / 16, 1.0]
+
+
+def test_budget_scale_stays_between_a_floor_and_the_configured_budget() -> None:
+    policy = _policy(2)
+    ids = np.array([0])
+    alpha = policy.alpha(ids)[0, HIGH]
+    for _ in range(10):
+        policy.scale_budget(ids, "high", 0.5)
+    assert policy.arrays["budget_scale"][0, HIGH] == MIN_BUDGET_SCALE
+    assert policy.alpha(ids)[0, HIGH] < alpha and policy.alpha(ids)[0, LOW] == alpha
+    for _ in range(10):
+        policy.scale_budget(ids, "both", 2.0)
+    assert policy.arrays["budget_scale"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+@pytest.mark.parametrize(("direction", "fires"), [("both", [1, 1]), ("high", [1, 0]), ("low", [0, 1])])
+def test_direction_decides_which_side_may_alert(direction: Direction, fires: list[int]) -> None:
+    policy = _policy(2, min_anomalous=1, window=1, direction=direction)
+    decision = policy.decide(np.arange(2), np.zeros(2), np.full(2, 1e-9), sign=np.array([2.5, -2.5]))
+    assert decision.firing.astype(int).tolist() == fires
+
+
+def test_small_deviations_do_not_alert_however_improbable() -> None:
+    policy = _policy(4, min_anomalous=1, window=1, min_deviation=1.0, min_relative_deviation=0.05)
+    observed = np.array([100.5, 103.0, 110.0, 90.0])
+    decision = policy.decide(
+        np.arange(4), np.zeros(4), np.full(4, 1e-9), np.sign(observed - 100), observed, np.full(4, 100.0)
+    )
+    # 0.5 is below min_deviation, 3 below 5% of 100; 10 either way clears both.
+    assert decision.firing.tolist() == [False, False, True, True]
+
+
+def test_alert_remembers_since_when_and_its_most_extreme_point() -> None:
+    policy = _policy(1, min_anomalous=1, window=1, resolve_after=2)
+    ids = np.array([0])
+    seen = []
+    for step, (p, sign) in enumerate([(0.5, 1), (1e-6, 1), (1e-8, -1), (1e-7, 1), (0.9, 1), (0.9, 1)]):
+        decision = policy.decide(ids, np.array([STEP * step]), np.array([p]), sign=np.array([sign]))
+        seen.append((float(decision.since[0]), float(decision.lowest_p[0]), int(decision.alert_sign[0])))
+    nan = float("nan")
+    expected = [(nan, nan, 0), (60.0, 1e-6, 1), (60.0, 1e-8, -1), (60.0, 1e-8, -1), (60.0, 1e-8, -1)]
+    np.testing.assert_equal(seen, [*expected, (nan, nan, 0)])
+
+
+def test_quiet_clears_alert_state_but_keeps_feedback() -> None:
+    policy = _policy(1, min_anomalous=1, window=1)
+    ids = np.array([0])
+    policy.scale_budget(ids, "low", 0.25)
+    policy.decide(ids, np.zeros(1), np.array([1e-9]))
+    policy.quiet(ids)
+    assert not policy.arrays["firing"][0] and np.isnan(policy.arrays["since"][0])
+    assert policy.arrays["budget_scale"][0].tolist() == [1.0, 0.25]
+    policy.reset(ids)
+    assert policy.arrays["budget_scale"][0].tolist() == [1.0, 1.0]
+
+
+def _engine(**policy: Any) -> Engine:
+    return Engine(RobustEWMA(), TailCalibrator(warmup=100), AlertPolicy(**policy))
+
+
+def _warm(engine: Engine, n: int, steps: int = 400, level: float = 100.0, noise: float = 2.0) -> np.ndarray:
+    ids = engine.register([f"s{i}" for i in range(n)])
+    rng = np.random.default_rng(7)
+    for step in range(steps):
+        engine.process(ids, np.full(n, STEP * step), rng.normal(level, noise, n))
+    return ids
+
+
+def test_engine_alert_rate_on_gaussian_noise_follows_the_budget() -> None:
+    n, steps, warmup = 150, 1200, 200
+    rates = []
+    for scale in (1.0, 0.5):
+        engine = _engine(false_alerts_per_week=20.0)
+        ids = engine.register([f"s{i}" for i in range(n)])
+        if scale < 1:
+            engine.mark_false_positive(ids, "both")
+        rng = np.random.default_rng(11)
+        onsets = 0
+        for step in range(steps):
+            out = engine.process(ids, np.full(n, STEP * step), rng.normal(100, 5, n))
+            if step >= warmup:
+                onsets += int(out.onset.sum())
+        rates.append(onsets / (n * (steps - warmup) * STEP / SECONDS_PER_WEEK) / 20.0)
+    assert 0.4 < rates[0] < 1.5
+    assert rates[1] < 0.75 * rates[0]
+
+
+def test_engine_passes_the_deviation_side_to_the_policy() -> None:
+    engine = _engine(min_anomalous=1, window=1, direction="high")
+    ids = _warm(engine, 2)
+    out = engine.process(ids, np.full(2, 1e6), np.array([130.0, 70.0]))
+    assert out.anomaly_score.min() > 0.999
+    assert out.alert.tolist() == [True, False]
+    assert out.alert_sign.tolist() == [1, 0] and out.since.tolist()[0] == 1e6
+
+
+def test_engine_ignores_tiny_but_significant_wiggles_on_a_flat_series() -> None:
+    engines = [_engine(min_anomalous=1, window=1, min_relative_deviation=r) for r in (0.0, 0.001)]
+    for engine in engines:
+        ids = _warm(engine, 1, level=100.0, noise=1e-5)
+        # Ten thousand standard deviations, and 0.01% of the level.
+        out = engine.process(ids, np.array([1e6]), np.array([100.01]))
+        assert out.anomaly_score[0] > 0.9999
+    assert engines[0].policy.arrays["firing"][0] and not engines[1].policy.arrays["firing"][0]
+
+
+def _learned_state(engine: Engine) -> dict[str, np.ndarray]:
+    return {k: v for k, v in engine.state_dict().items() if k.startswith(("model.", "calibrator."))}
+
+
+def test_points_not_learned_teach_neither_model_nor_calibration() -> None:
+    engine = _engine()
+    ids = _warm(engine, 3)
+    before = _learned_state(engine)
+    rng = np.random.default_rng(0)
+    for step in range(50):
+        t = np.full(3, 1e6 + STEP * step)
+        out = engine.process(ids, t, rng.normal(300, 2, 3), learn=np.zeros(3, bool))
+    after = _learned_state(engine)
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+    # Still scored and judged: a confirmed incident keeps alerting.
+    assert out.alert.all() and out.anomaly_score.min() > 0.999
+    engine.process(ids, np.full(3, 2e6), np.full(3, 100.0))
+    assert any(not np.array_equal(before[k], v) for k, v in _learned_state(engine).items())
+
+
+def test_silenced_points_are_scored_but_never_alert() -> None:
+    engine = _engine(min_anomalous=1, window=1, resolve_after=2)
+    ids = _warm(engine, 2)
+    silenced = np.array([True, False])
+    spike = np.full(2, 150.0)
+    out = engine.process(ids, np.full(2, 1e6), spike, silenced=silenced)
+    assert out.anomaly_score.min() > 0.999
+    assert out.alert.tolist() == [False, True] and out.onset.tolist() == [False, True]
+    assert out.decided.tolist() == [False, True] and np.isnan(out.since[0])
+    # The silence ends while the anomaly goes on: now it alerts.
+    out = engine.process(ids, np.full(2, 1e6 + STEP), spike)
+    assert out.alert.tolist() == [True, True]
+    # A firing alert under a silence: reported off, its state frozen, not resolved.
+    for step in range(2, 6):
+        out = engine.process(ids, np.full(2, 1e6 + STEP * step), np.full(2, 100.0), silenced=silenced)
+    assert out.alert.tolist() == [False, False]
+    assert engine.policy.arrays["firing"].tolist() == [True, False]
+
+
+def test_masks_follow_their_points_when_a_series_repeats_in_a_batch() -> None:
+    one, both = _engine(), _engine()
+    for engine in (one, both):
+        _warm(engine, 1)
+    ids = np.array([0, 0, 0])
+    t = 1e6 + STEP * np.arange(3)
+    x = np.array([160.0, 101.0, 99.0])
+    learn = np.array([False, True, True])
+    silenced = np.array([True, False, False])
+    batched = both.process(ids, t, x, learn=learn, silenced=silenced)
+    for i in range(3):
+        single = one.process(
+            ids[i : i + 1], t[i : i + 1], x[i : i + 1], learn[i : i + 1], silenced[i : i + 1]
+        )
+        assert single.p_value[0] == batched.p_value[i] and single.decided[0] == batched.decided[i]
+    for name, value in one.state_dict().items():
+        np.testing.assert_array_equal(value, both.state_dict()[name], err_msg=name)
+
+
+def test_feedback_is_checkpointed_with_the_engine() -> None:
+    engine = _engine()
+    ids = engine.register(["a", "b"])
+    engine.mark_false_positive(ids[:1], "high")
+    engine.mark_false_positive(ids[:1], "high")
+    engine.mark_incident(ids[:1], "high")
+    copy = _engine()
+    copy.load_state_dict(engine.state_dict())
+    assert copy.policy.arrays["budget_scale"][:2].tolist() == [[0.5, 1.0], [1.0, 1.0]]

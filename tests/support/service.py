@@ -1,0 +1,77 @@
+"""Start the project's own service as a real process (``anomaly-detector run``) on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServiceProcess:
+    """``python -m service run --config FILE`` on 127.0.0.1; output goes to ``log_path``."""
+
+    def __init__(self, config: Path, log_path: Path, port: int | None = None) -> None:
+        self.config = config
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: float = 60.0) -> ServiceProcess:
+        log = self.log_path.open("ab")
+        root = Path(__file__).resolve().parents[2]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "run", "--config", str(self.config), "--port", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        self.wait_for("/-/ready", wait_ready)
+        return self
+
+    def wait_for(self, path: str, timeout: float) -> httpx.Response:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                response = httpx.get(self.url + path, timeout=2.0)
+                if response.status_code == 200:
+                    return response
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.url}{path} not 200 after {timeout}s; see {self.log_path}")
+            time.sleep(0.2)
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=5.0)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to save state (the restart test's worst case)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, as a service manager would; the service saves state on the way out."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,0 +1,70 @@
+"""RecentHistory: ring order, repeats within a batch, gaps, resets, size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.calibration import TailCalibrator
+from detector.engine import Engine
+from detector.policy import AlertPolicy
+from models import RobustEWMA
+from service.history import RecentHistory
+
+
+def _record(history: RecentHistory, engine: Engine, keys: list[str], t: np.ndarray, x: np.ndarray) -> None:
+    ids = engine.register(keys)
+    history.record(ids, t, x, engine.process(ids, t, x))
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return Engine(RobustEWMA(warmup=3), TailCalibrator(warmup=5), AlertPolicy())
+
+
+def test_keeps_the_newest_points_in_time_order_across_batches_and_wraps(engine: Engine) -> None:
+    history = RecentHistory(capacity=4)
+    for start in range(0, 10, 3):
+        t = np.arange(start, start + 3, dtype=float)
+        _record(history, engine, ["a"] * 3, t, 100.0 + t)
+    points = history.series(0)
+    assert points["t"].tolist() == [8.0, 9.0, 10.0, 11.0]
+    assert points["value"].tolist() == [108.0, 109.0, 110.0, 111.0]
+    assert points["value"].dtype == np.float32 and points["t"].dtype == np.float64
+
+
+def test_a_batch_longer_than_the_buffer_keeps_its_last_points(engine: Engine) -> None:
+    history = RecentHistory(capacity=3)
+    keys = ["a", "b"] * 5
+    t = np.repeat(np.arange(5.0), 2)
+    _record(history, engine, keys, t, np.arange(10.0))
+    assert history.series(0)["value"].tolist() == [4.0, 6.0, 8.0]
+    assert history.series(1)["value"].tolist() == [5.0, 7.0, 9.0]
+
+
+def test_gaps_are_not_kept_and_results_travel_with_each_point(engine: Engine) -> None:
+    history = RecentHistory(capacity=50)
+    rng = np.random.default_rng(3)
+    x = rng.normal(10.0, 1.0, 40)
+    x[[5, 6]] = np.nan
+    x[-3:] = 60.0
+    _record(history, engine, ["a"] * 40, np.arange(40.0), x)
+    points = history.series(0)
+    assert len(points["t"]) == 38 and 5.0 not in points["t"]
+    assert points["score"][-3] > 0.999 and points["alert"][-1]
+    assert np.isnan(points["lower"][0]) and np.isfinite(points["upper"][-10])
+
+
+def test_reset_forgets_only_those_series_and_unknown_rows_are_empty(engine: Engine) -> None:
+    history = RecentHistory(capacity=5)
+    _record(history, engine, ["a", "b"], np.zeros(2), np.ones(2))
+    history.reset(np.array([1]))
+    assert len(history.series(0)["t"]) == 1
+    assert len(history.series(1)["t"]) == 0
+    assert len(history.series(99)["t"]) == 0
+
+
+def test_costs_about_25_bytes_a_point() -> None:
+    assert RecentHistory().nbytes_per_series() == 240 * 25 + 8
+    with pytest.raises(ValueError, match="at least one point"):
+        RecentHistory(capacity=0)
