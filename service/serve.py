@@ -20,7 +20,10 @@ def describe(settings: ServiceSettings) -> list[str]:
         else:
             source = f"remote_write series matching {spec.match or {}} {spec.match_re or {}}".rstrip()
         lines.append(f"detector {spec.name}: model {spec.model}, {source}")
-    lines.extend(f"sink {sink.get('name', sink.get('type'))}" for sink in settings.sinks)
+    lines.extend(f"sink {sink.name} ({sink.type})" for sink in settings.sinks)
+    lines.extend(
+        f"silence {', '.join(rule.matchers)} until {rule.ends_at.isoformat()}" for rule in settings.silences
+    )
     return lines
 
 

@@ -90,7 +90,9 @@ def _metric_samples(service: ServiceProcess, name: str) -> list[tuple[str, float
 def _spike_is_caught(service: ServiceProcess, exporter: NoisyExporter) -> None:
     exporter.spike(60.0)  # 30 standard deviations
     spiking = _wait(
-        lambda: [s for s in _series(service) if s["anomaly_score"] is not None and s["anomaly_score"] >= 0.999],
+        lambda: [
+            s for s in _series(service) if s["anomaly_score"] is not None and s["anomaly_score"] >= 0.999
+        ],
         timeout=20,
         what="a spiking series to score >= 0.999",
     )
@@ -127,7 +129,10 @@ def test_pull_warm_starts_from_history_and_catches_a_spike(tmp_path: Path, expor
 
 def test_remote_write_from_prometheus_catches_a_spike(tmp_path: Path, exporter: NoisyExporter) -> None:
     service_port = ServiceProcess(tmp_path / "unused", tmp_path / "unused.log").port
-    remote_write = {"url": f"http://127.0.0.1:{service_port}/api/v1/write", "queue_config": {"batch_send_deadline": "1s"}}
+    remote_write = {
+        "url": f"http://127.0.0.1:{service_port}/api/v1/write",
+        "queue_config": {"batch_send_deadline": "1s"},
+    }
     with start_prometheus(
         tmp_path / "prometheus",
         scrape_configs=[scrape_config("demo", [exporter.url], "1s")],

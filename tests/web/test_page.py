@@ -8,20 +8,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import cramjam
 import httpx
-import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from detector.labels import parse_series_key
 from service import web
 from service.app import create_app
-from service.proto import Label, Sample, TimeSeries, WriteRequest
 from service.runtime import series_id
 from service.settings import ServiceSettings
 from tests.support.net import free_port
+from tests.support.remote_write import HEADERS, write_request
 from tests.web.pages import (
     INSTANCES,
     SPIKING,
@@ -35,23 +32,6 @@ from tests.web.pages import (
 
 #: Samples per request: Prometheus's default ``max_samples_per_send`` is 500.
 SAMPLES_PER_REQUEST = 450
-
-
-def write_request(keys: list[str], t: np.ndarray, x: np.ndarray) -> bytes:
-    """A remote write 1.0 body (snappy-compressed protobuf), one TimeSeries per series."""
-    series: dict[str, list[tuple[float, int]]] = {}
-    for key, moment, value in zip(keys, t, x, strict=True):
-        series.setdefault(key, []).append((float(value), round(moment * 1000)))
-    request = WriteRequest(
-        timeseries=[
-            TimeSeries(
-                labels=[Label(name=k, value=v) for k, v in sorted(parse_series_key(key).items())],
-                samples=[Sample(value=value, timestamp=ms) for value, ms in samples],
-            )
-            for key, samples in series.items()
-        ]
-    )
-    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
 
 
 def _with_pages(app: FastAPI) -> None:
@@ -101,11 +81,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 response = client.post(
                     "/api/v1/write",
                     content=write_request(keys[part], t[part], x[part]),
-                    headers={
-                        "Content-Type": "application/x-protobuf",
-                        "Content-Encoding": "snappy",
-                        "X-Prometheus-Remote-Write-Version": "0.1.0",
-                    },
+                    headers=HEADERS,
                 )
                 assert response.status_code == 204, response.text
             alerting = client.get("/api/v1/series", params={"anomalous": "true"}).json()
