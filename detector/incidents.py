@@ -5,8 +5,9 @@ engine batch :meth:`IncidentTracker.observe` turns the batch's alert state
 into :class:`~detector.alerts.AlertEvent` s:
 
 * series whose alerts open within ``group_window`` of each other (each within
-  the window of the incident's latest arrival) and share the values of the
-  ``group_by`` labels form **one** incident, its findings ranked by p-value;
+  the window of the incident's span, from its opening to its latest arrival)
+  and share the values of the ``group_by`` labels form **one** incident, its
+  findings ranked by p-value;
 * a series that starts alerting in an open incident's group and window joins
   it: one ``updated`` event per batch, whatever the number of newcomers;
 * a firing incident is re-sent as ``refreshed`` every ``refresh_interval``
@@ -200,8 +201,11 @@ class IncidentTracker:
             else:
                 self._refine(self._incidents[owner].members[keys[i]], scored, x, i)
         if self._firing:
-            for i in np.nonzero(~scored.alert & scored.decided)[0].tolist():
-                self._resolve(keys[i], float(t[i]))
+            position = dict(zip(keys, range(len(keys)), strict=True))
+            for key in list(self._firing):
+                row = position.get(key)
+                if row is not None and scored.decided[row] and not scored.alert[row]:
+                    self._resolve(key, float(t[row]))
         arrivals.sort(key=lambda i: (self._group(labels[keys[i]]), _onset(scored, t, i), keys[i]))
         for i in arrivals:
             key = keys[i]
@@ -216,8 +220,14 @@ class IncidentTracker:
             incident.last_arrival = max(incident.last_arrival, onset)
             incident.members[key] = _Member(self._finding(key, labels[key], scored, x, i, model))
             self._firing[key] = incident.incident_id
-        for opened_or_updated in changes:
-            self._correlate(self._incidents[opened_or_updated], keys, labels, scored)
+        if changes:
+            unusual: dict[tuple[str, ...], list[int]] = {}
+            quiet = ~scored.alert & scored.decided & (scored.p_value <= self.correlate_below)
+            for i in np.nonzero(quiet)[0].tolist():
+                unusual.setdefault(self._group(labels[keys[i]]), []).append(i)
+            for opened_or_updated in changes:
+                incident = self._incidents[opened_or_updated]
+                self._correlate(incident, keys, unusual.get(incident.group, []), scored)
         return self._emit(now, changes)
 
     def forget(self, keys: Sequence[str], now: float) -> list[AlertEvent]:
@@ -241,10 +251,13 @@ class IncidentTracker:
 
     def _joinable(self, group: tuple[str, ...], onset: float) -> _Incident | None:
         """The open incident of this group that an alert opening at ``onset`` joins, if any."""
+        # Within the window of the incident's span, so an onset equal to its opening
+        # time (same id) always joins it, however late it is reported.
         candidates = [
             incident
             for incident in self._incidents.values()
-            if incident.group == group and abs(onset - incident.last_arrival) <= self.group_window
+            if incident.group == group
+            and incident.opened_at - self.group_window <= onset <= incident.last_arrival + self.group_window
         ]
         return max(candidates, key=lambda incident: incident.last_arrival, default=None)
 
@@ -285,21 +298,15 @@ class IncidentTracker:
             )
 
     def _correlate(
-        self,
-        incident: _Incident,
-        keys: Sequence[str],
-        labels: Mapping[str, Mapping[str, str]],
-        scored: ScoredBatch,
+        self, incident: _Incident, keys: Sequence[str], unusual: list[int], scored: ScoredBatch
     ) -> None:
         """Remember the group's unusual but quiet series of this batch, those moving the same way first."""
         direction = 1 if self._ranked(incident)[0].direction == "high" else -1
-        unusual = ~scored.alert & scored.decided & (scored.p_value <= self.correlate_below)
-        for i in np.nonzero(unusual)[0].tolist():
+        for i in unusual:
             key = keys[i]
-            if key in incident.members or self._group(labels[key]) != incident.group:
-                continue
-            rank = (0 if np.sign(scored.deviation[i]) == direction else 1, float(scored.p_value[i]))
-            incident.correlated[key] = min(rank, incident.correlated.get(key, rank))
+            if key not in incident.members:
+                rank = (0 if np.sign(scored.deviation[i]) == direction else 1, float(scored.p_value[i]))
+                incident.correlated[key] = min(rank, incident.correlated.get(key, rank))
         best = sorted(incident.correlated.items(), key=lambda item: (item[1], item[0]))
         incident.correlated = dict(best[: self.max_correlated])
 

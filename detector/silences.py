@@ -42,6 +42,8 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|([^"\s]*))\s*')
 _UNESCAPE = re.compile(r"\\(.)")
 SECONDS_PER_WEEK = 7 * 86400.0
+#: Label values a matcher remembers its verdict on (about the number of series of a shard).
+_REMEMBERED_VALUES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Matcher:
     op: Op
     value: str
     _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _LABEL.fullmatch(self.label):
@@ -98,17 +101,16 @@ class Matcher:
         return self.matches_value(labels.get(self.label, ""))
 
     def matches_many(self, labels_list: Sequence[Mapping[str, str]]) -> np.ndarray:
-        """:meth:`matches` for many label sets, each distinct value tested once."""
-        known: dict[str, bool] = {}
-
-        def test(value: str) -> bool:
-            if value not in known:
-                known[value] = self.matches_value(value)
-            return known[value]
-
-        return np.fromiter(
-            (test(labels.get(self.label, "")) for labels in labels_list), dtype=bool, count=len(labels_list)
-        )
+        """:meth:`matches` for many label sets; each distinct value is tested once and remembered."""
+        values = [labels.get(self.label, "") for labels in labels_list]
+        # Label values repeat batch after batch: only values never seen cost a test.
+        verdicts = self._verdicts
+        unseen = set(values).difference(verdicts)
+        if len(verdicts) + len(unseen) > _REMEMBERED_VALUES:
+            verdicts.clear()
+            unseen = set(values)
+        verdicts.update((value, self.matches_value(value)) for value in unseen)
+        return np.fromiter(map(verdicts.__getitem__, values), dtype=bool, count=len(values))
 
 
 @dataclass(frozen=True)
