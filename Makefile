@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-check test bench lint
+.PHONY: demo demo-check backtest-demo test bench lint
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,6 +38,11 @@ demo-check: $(STAMP)
 	$(demo_packages)
 	$(PY) -m service.demo --check
 
+## backtest-demo: offline: backtest the recorded scenarios in replay_data/ and print what was found
+backtest-demo: $(STAMP)
+	$(VENV)/bin/anomaly-detector backtest replay_data --output out/demo --labels replay_data/labels.json \
+	    --report out/demo/report.html
+
 ## test: the whole test suite (unit, doctests, calibration contract)
 test: $(STAMP)
 	$(PY) -m pytest
@@ -46,6 +51,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/nab.py
 	$(PY) benchmarks/throughput.py
+	taskset -c 0 $(PY) benchmarks/remote_write.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
