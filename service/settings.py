@@ -169,6 +169,19 @@ class ServiceSettings(_Section):
     silences: list[SilenceSettings] = Field(default_factory=list)
     history_points: Annotated[int, Field(ge=0)] = 240
 
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _skip_unset_sinks(cls, sinks: object) -> object:
+        """A sink whose address is empty is off: ``url: ${ALERTMANAGER_URL:-}`` sends only when set."""
+        if not isinstance(sinks, list):
+            return sinks
+
+        def unset(sink: object) -> bool:
+            keys = ("url", "webhook_url", "routing_key")
+            return isinstance(sink, dict) and any(key in sink and sink[key] in ("", None) for key in keys)
+
+        return [sink for sink in sinks if not unset(sink)]
+
     @field_validator("detectors")
     @classmethod
     def _unique_names(cls, detectors: list[DetectorSpec]) -> list[DetectorSpec]:
