@@ -256,7 +256,7 @@ class AlertPolicy(ArrayState):
         firing = (firing & ~resolves) | onset
         since = np.where(onset, t, np.where(firing, self.arrays["since"][ids], np.nan))
         lowest_p = self.arrays["lowest_p"][ids]
-        worse = onset | (firing & anomalous & ~(p >= lowest_p))
+        worse = onset | (firing & anomalous & (p < lowest_p))
         lowest_p = np.where(worse, p, np.where(firing, lowest_p, np.nan))
         alert_sign = np.where(worse, sign, np.where(firing, self.arrays["alert_sign"][ids], 0))
         self.arrays["recent"][ids] = recent

@@ -434,19 +434,38 @@ SinkConfig = Annotated[
 _SINK_CONFIG: TypeAdapter[SinkConfig] = TypeAdapter(SinkConfig)
 
 
+_CONFIG_TYPES: dict[str, type[BaseModel]] = {
+    "alertmanager": AlertmanagerConfig,
+    "pagerduty": PagerDutyConfig,
+    "slack": SlackConfig,
+    "webhook": WebhookConfig,
+}
+
+
+def _describe(problem: Mapping[str, Any]) -> str:
+    """One pydantic error as ``key: what is wrong; what is allowed``."""
+    kinds = ", ".join(_CONFIG_TYPES)
+    if problem["type"] == "union_tag_invalid":
+        return f"type: {problem['ctx']['tag']!r} is not a sink type; use one of {kinds}"
+    if problem["type"] == "union_tag_not_found":
+        return f"type: missing; use one of {kinds}"
+    tag, *path = problem["loc"]  # The union tag (the sink type) is noise in a key path.
+    key = ".".join(str(part) for part in path)
+    if problem["type"] == "value_error":
+        return f"{key}: {problem['ctx']['error']}"
+    if problem["type"] == "extra_forbidden" and len(path) == 1:
+        allowed = ", ".join(_CONFIG_TYPES[str(tag)].model_fields)
+        return f"{key}: unknown key; allowed: {allowed}"
+    return f"{key}: {problem['msg']}"
+
+
 def _parse(index: int, config: SinkConfig | Mapping[str, Any]) -> SinkConfig:
     if isinstance(config, BaseModel):
         return config
     try:
         return _SINK_CONFIG.validate_python(config)
     except ValidationError as error:
-        problems = []
-        for problem in error.errors():
-            # The union tag (the sink type) is noise in a key path.
-            loc = ".".join(str(part) for part in problem["loc"][1:] or problem["loc"])
-            message = str(problem["ctx"]["error"]) if problem["type"] == "value_error" else problem["msg"]
-            problems.append(f"sinks[{index}]: {loc}: {message}")
-        raise ConfigError("\n".join(problems)) from None
+        raise ConfigError("\n".join(f"sinks[{index}]: {_describe(p)}" for p in error.errors())) from None
 
 
 def build_sinks(configs: Iterable[SinkConfig | Mapping[str, Any]]) -> list[Sink]:

@@ -127,6 +127,15 @@ def test_later_series_join_within_the_window_and_open_a_new_incident_after_it() 
     assert later[0].incident_id != first[0].incident_id
 
 
+def test_a_late_report_of_an_early_onset_joins_the_incident_it_belongs_to() -> None:
+    tracker = _tracker()
+    first = _observe(tracker, 0.0, {"a": 0.0})
+    _observe(tracker, 100.0, {"a": 0.0, "b": 100.0})
+    late = _observe(tracker, 400.0, {"a": 0.0, "b": 100.0, "c": 0.0})  # same id as the first
+    assert _changes(late) == [("updated", 3, ["a", "b", "c"])]
+    assert late[0].incident_id == first[0].incident_id
+
+
 def test_findings_are_ranked_most_unusual_first() -> None:
     events = _observe(_tracker(), 0.0, {"a": 0.0, "b": 0.0, "c": 0.0}, p={"a": 1e-4, "b": 1e-9, "c": 1e-6})
     assert [f.key for f in events[0].findings] == ["b", "c", "a"]

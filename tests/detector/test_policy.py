@@ -9,6 +9,7 @@ import pytest
 
 from detector import AlertPolicy, Engine, TailCalibrator
 from detector.calibration import Direction
+from detector.config import ConfigError, build_engine, build_tracker, parse_config
 from detector.policy import HIGH, LOW, MIN_BUDGET_SCALE, SECONDS_PER_WEEK
 from models import RobustEWMA
 
@@ -234,3 +235,72 @@ def test_feedback_is_checkpointed_with_the_engine() -> None:
     copy = _engine()
     copy.load_state_dict(engine.state_dict())
     assert copy.policy.arrays["budget_scale"][:2].tolist() == [[0.5, 1.0], [1.0, 1.0]]
+
+
+def test_configuration_builds_policy_and_tracker_from_one_alerting_section() -> None:
+    config = parse_config(
+        {
+            "alerting": {
+                "direction": "low",
+                "min_deviation": 2,
+                "min_relative_deviation": 0.1,
+                "group_by": ["job", "cluster"],
+                "group_window": "5m",
+                "refresh_interval": "30s",
+            }
+        }
+    )
+    engine = build_engine(config)
+    assert (engine.policy.direction, engine.policy.min_deviation, engine.policy.min_relative_deviation) == (
+        "low",
+        2.0,
+        0.1,
+    )
+    # The calibration measures the tail that is alerted on, so a one-sided budget means what it says.
+    assert engine.calibrator.direction == "low"
+    tracker = build_tracker(config, "latency")
+    assert (tracker.group_by, tracker.group_window, tracker.refresh_interval) == (
+        ["job", "cluster"],
+        300.0,
+        30.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("alerting", "calibration", "directions"),
+    [
+        ({}, {}, ("both", "both")),
+        ({"direction": "high"}, {}, ("high", "high")),
+        ({}, {"direction": "low"}, ("low", "low")),
+        ({"direction": "high"}, {"direction": "both"}, ("high", "both")),
+    ],
+)
+def test_calibration_direction_follows_the_alert_direction(
+    alerting: dict[str, str], calibration: dict[str, str], directions: tuple[str, str]
+) -> None:
+    config = parse_config({"alerting": alerting, "calibration": calibration})
+    assert (config.alerting.direction, config.calibration.direction) == directions
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"alerting": {"direction": "high"}, "calibration": {"direction": "low"}},
+            "config.yaml: alerting.direction: 'high' disagrees with calibration.direction 'low'",
+        ),
+        (
+            {"alerting": {"group_by": ["job", "a-b"]}},
+            "config.yaml: alerting.group_by: 'a-b' is not a label name",
+        ),
+        (
+            {"alerting": {"refresh_interval": 0}},
+            "config.yaml: alerting.refresh_interval: refresh_interval must be",
+        ),
+        ({"alerting": {"group_window": "2x"}}, "config.yaml: alerting.group_window: '2x' is not a duration"),
+    ],
+)
+def test_alerting_errors_name_the_key_and_the_remedy(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(settings, source="config.yaml")
+    assert str(caught.value).startswith(message)

@@ -72,9 +72,10 @@ def test_secrets_never_print() -> None:
         ({"type": "pagerduty", "routing_key": ""}, "sinks[0]: routing_key: routing_key is empty"),
         (
             {"type": "slack", "webhook_url": "https://x/y", "channel": "#ops"},
-            "sinks[0]: channel: Extra inputs",
+            "sinks[0]: channel: unknown key; allowed: match, match_re, timeout, type, name, webhook_url",
         ),
-        ({"type": "teams", "url": "http://x/"}, "sinks[0]"),
+        ({"type": "teams", "url": "http://x/"}, "sinks[0]: type: 'teams' is not a sink type; use one of"),
+        ({"url": "http://x/"}, "sinks[0]: type: missing"),
         ({"type": "alertmanager", "url": "localhost:9093"}, "'localhost:9093' is not an http(s) URL"),
         ({"type": "alertmanager", "url": "http://x/", "lease": "5x"}, "'5x' is not a duration"),
         (
