@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from service import web
 from service.runtime import DetectorRuntime
 from service.settings import DetectorSpec
-from tests.web.pages import Browser, FakeSource, keep_history
+from tests.web.pages import Browser, FakeSource
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = (
@@ -43,7 +43,7 @@ def runtime() -> DetectorRuntime:
             "calibration": {"warmup": 20},
         }
     )
-    return keep_history(DetectorRuntime(spec, clock=lambda: 1_700_000_000.0))
+    return DetectorRuntime(spec, clock=lambda: 1_700_000_000.0)
 
 
 @pytest.fixture

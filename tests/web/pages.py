@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from detector.alerts import AlertEvent
-from detector.engine import ScoredBatch
 from detector.labels import series_key
-from service.history import RecentHistory
 from service.runtime import DetectorRuntime
 
 METRIC = "demo_latency_ms"
@@ -48,24 +46,6 @@ def demo_samples(end: float, normal: int = 200, spike: int = 3) -> tuple[list[st
             times.append(t[step])
             values.append(value)
     return keys, np.array(times), np.array(values)
-
-
-def keep_history(runtime: DetectorRuntime) -> DetectorRuntime:
-    """Give a runtime the :class:`RecentHistory` the pages read, fed from what it scores.
-
-    Stands in for ``DetectorRuntime`` keeping its own history; delete once it does.
-    """
-    if not hasattr(runtime, "history"):
-        history = RecentHistory()
-        remember = runtime._remember
-
-        def remember_and_record(ids: np.ndarray, t: np.ndarray, x: np.ndarray, scored: ScoredBatch) -> None:
-            remember(ids, t, x, scored)
-            history.record(ids, t, x, scored)
-
-        runtime.history = history  # type: ignore[attr-defined]
-        runtime._remember = remember_and_record  # type: ignore[method-assign]
-    return runtime
 
 
 @dataclass

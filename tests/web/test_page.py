@@ -11,9 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
 
-from service import web
 from service.app import create_app
 from service.runtime import series_id
 from service.settings import ServiceSettings
@@ -25,24 +23,12 @@ from tests.web.pages import (
     Browser,
     demo_key,
     demo_samples,
-    keep_history,
     listed_keys,
     section,
 )
 
 #: Samples per request: Prometheus's default ``max_samples_per_send`` is 500.
 SAMPLES_PER_REQUEST = 450
-
-
-def _with_pages(app: FastAPI) -> None:
-    """Until ``create_app`` includes the web router and its detectors keep history (the lead wires both)."""
-    if not any(getattr(route, "path", None) == "/" for route in app.routes):
-        app.include_router(web.router)
-    detection = app.state.detection
-    for runtime in detection.runtimes.values():
-        keep_history(runtime)
-    if not hasattr(detection, "recent_alerts"):
-        detection.recent_alerts = lambda limit: []
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +57,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
         time.sleep(0.02)
-    _with_pages(app)
     url = f"http://127.0.0.1:{server.config.port}"
     try:
         keys, t, x = demo_samples(end=float(int(time.time())))
