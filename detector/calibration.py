@@ -57,6 +57,10 @@ _RESCALE_AT = 1e12
 _TRUSTED_DECADES = 2.0
 
 
+#: Halvings that narrow 0 .. _BINS down to one edge.
+_SEARCH_STEPS = int(np.ceil(np.log2(_BINS + 1)))
+
+
 def _uniform_hash(seed: np.ndarray, counter: np.ndarray) -> np.ndarray:
     """SplitMix64 of (seed, counter) as floats in (0, 1): reproducible noise."""
     z = seed.astype(np.uint64) + counter.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
@@ -255,13 +259,26 @@ class TailCalibrator(ArrayState):
         Used to draw the expected band: ``expected + quantile * scale`` is how
         far a point may go on that side without being judged that unusual.
         """
-        mass = self.arrays["mass_at_or_above"][ids]
-        total = mass[:, 0]
-        if not upper:
-            mass = total[:, None] - mass[:, ::-1]
-        survival = mass / np.where(total > 0, total, 1.0)[:, None]
-        below = survival <= np.asarray(p, dtype=np.float64).reshape(-1, 1)
-        edge = np.where(below.any(axis=1), np.argmax(below, axis=1), _BINS)
+        stored = self.arrays["mass_at_or_above"]
+        total = stored[ids, 0]
+        safe_total = np.where(total > 0, total, 1.0)
+        p = np.broadcast_to(np.asarray(p, dtype=np.float64), ids.shape)
+
+        def survival_below(edge: np.ndarray) -> np.ndarray:
+            # Low side: P(Z <= -edge) read mirrored, as in _survival.
+            mass = stored[ids, edge] if upper else total - stored[ids, _BINS - edge]
+            return mass / safe_total <= p
+
+        # Survival only falls with the edge: binary-search the first edge at or
+        # below p (single cells, not whole rows); none means the last edge.
+        low = np.zeros(len(ids), dtype=np.int64)
+        high = np.full(len(ids), _BINS, dtype=np.int64)
+        for _ in range(_SEARCH_STEPS):
+            middle = (low + high) // 2
+            below = survival_below(middle)
+            high = np.where(below, middle, high)
+            low = np.where(below, low, middle + 1)
+        edge = high
         z = np.sinh(_EDGES[edge])
         return z if upper else -z
 
