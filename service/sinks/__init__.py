@@ -150,6 +150,31 @@ class Route:
         return f"Route(match={self.match!r}, match_re={self.match_re!r}, changes={sorted(self.changes)!r})"
 
 
+class RoutedSink:
+    """What every sink shares: its name, its request timeout and the :class:`Route` it takes events by.
+
+    Subclasses set ``changes`` (paging sinks skip ``refreshed``) and add ``request``.
+
+    >>> class Quiet(RoutedSink):
+    ...     changes = PAGING_CHANGES
+    >>> Quiet("q", match={"job": "web"}, match_re=None, timeout=5).wants(example_event())
+    False
+    """
+
+    changes: frozenset[Change] = ALL_CHANGES
+
+    def __init__(
+        self, name: str, match: Mapping[str, str] | None, match_re: Mapping[str, str] | None, timeout: float
+    ) -> None:
+        self.name = name
+        self.timeout = float(timeout)
+        self.route = Route(match, match_re, self.changes)
+
+    def wants(self, event: AlertEvent) -> bool:
+        """Whether this sink takes the event (its change kind and labels)."""
+        return self.route.matches(event)
+
+
 def _compile(name: str, pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)

@@ -16,9 +16,8 @@ from collections.abc import Mapping
 
 from detector.alerts import AlertEvent
 from service.sinks import (
-    ALL_CHANGES,
     OutgoingRequest,
-    Route,
+    RoutedSink,
     format_band,
     format_labels,
     format_number,
@@ -100,7 +99,7 @@ def alert_annotations(event: AlertEvent) -> dict[str, str]:
     return {name: value for name, value in annotations.items() if value}
 
 
-class AlertmanagerSink:
+class AlertmanagerSink(RoutedSink):
     """Posts events to an Alertmanager's ``/api/v2/alerts``.
 
     Parameters
@@ -146,17 +145,9 @@ class AlertmanagerSink:
         if lease <= 0:
             raise ValueError(f"lease {lease!r} must be positive; use about three refresh intervals")
         self.url = url
-        self.name = name
         self.lease = float(lease)
-        self.match = dict(match or {})
-        self.match_re = dict(match_re or {})
-        self.timeout = float(timeout)
-        self._route = Route(self.match, self.match_re, ALL_CHANGES)
+        super().__init__(name, match, match_re, timeout)
         self._endpoint = url.rstrip("/") + "/api/v2/alerts"
-
-    def wants(self, event: AlertEvent) -> bool:
-        """Every kind of change, refreshes included: they keep the lease alive."""
-        return self._route.matches(event)
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
         """A one-alert list for ``POST /api/v2/alerts``."""

@@ -15,7 +15,7 @@ from detector.alerts import AlertEvent
 from service.sinks import (
     PAGING_CHANGES,
     OutgoingRequest,
-    Route,
+    RoutedSink,
     format_labels,
     json_bytes,
     rfc3339,
@@ -73,7 +73,7 @@ def _finding_details(event: AlertEvent) -> list[dict[str, Any]]:
     ]
 
 
-class PagerDutySink:
+class PagerDutySink(RoutedSink):
     """Sends events to a PagerDuty service through its Events API v2 integration.
 
     Parameters
@@ -106,6 +106,8 @@ class PagerDutySink:
     {'dedup_key': 'latency-api-1', 'event_action': 'resolve', 'routing_key': 'R0UT1NGKEY'}
     """
 
+    changes = PAGING_CHANGES
+
     def __init__(
         self,
         routing_key: str,
@@ -122,17 +124,9 @@ class PagerDutySink:
         if severity not in ("critical", "error", "warning", "info"):
             raise ValueError(f"severity {severity!r} is not one of critical, error, warning, info")
         self.routing_key = routing_key
-        self.name = name
         self.url = url
         self.severity = severity
-        self.match = dict(match or {})
-        self.match_re = dict(match_re or {})
-        self.timeout = float(timeout)
-        self._route = Route(self.match, self.match_re, PAGING_CHANGES)
-
-    def wants(self, event: AlertEvent) -> bool:
-        """Opened, updated and resolved events whose labels match."""
-        return self._route.matches(event)
+        super().__init__(name, match, match_re, timeout)
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
         """A ``trigger`` for a firing event, a ``resolve`` for a resolved one."""

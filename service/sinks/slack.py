@@ -15,7 +15,7 @@ from detector.alerts import AlertEvent
 from service.sinks import (
     PAGING_CHANGES,
     OutgoingRequest,
-    Route,
+    RoutedSink,
     format_band,
     format_duration,
     format_number,
@@ -145,7 +145,7 @@ def blocks(event: AlertEvent) -> list[dict[str, Any]]:
     return layout
 
 
-class SlackSink:
+class SlackSink(RoutedSink):
     """Posts a message to a Slack incoming webhook for each opened, updated or resolved incident.
 
     Parameters
@@ -173,6 +173,8 @@ class SlackSink:
     (['blocks', 'text'], ':rotating_light: Anomaly: latency: api_latency_p99 on a is above its expected band')
     """
 
+    changes = PAGING_CHANGES
+
     def __init__(
         self,
         webhook_url: str,
@@ -183,15 +185,7 @@ class SlackSink:
         timeout: float = 10.0,
     ) -> None:
         self.webhook_url = webhook_url
-        self.name = name
-        self.match = dict(match or {})
-        self.match_re = dict(match_re or {})
-        self.timeout = float(timeout)
-        self._route = Route(self.match, self.match_re, PAGING_CHANGES)
-
-    def wants(self, event: AlertEvent) -> bool:
-        """Opened, updated and resolved events whose labels match."""
-        return self._route.matches(event)
+        super().__init__(name, match, match_re, timeout)
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
         """The message as an incoming-webhook POST."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
 from detector.alerts import AlertEvent
-from service.sinks import ALL_CHANGES, OutgoingRequest, Route, json_bytes
+from service.sinks import OutgoingRequest, RoutedSink, json_bytes
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -71,7 +71,7 @@ def _header_safe(value: str) -> str:
     return value if value.isascii() and value.isprintable() else quote(value, safe="")
 
 
-class WebhookSink:
+class WebhookSink(RoutedSink):
     """Posts every event, refreshes included, as signed JSON to any HTTP receiver.
 
     Parameters
@@ -116,16 +116,8 @@ class WebhookSink:
             raise ValueError("secret is empty; set a long random string and give the receiver the same one")
         self.url = url
         self.secret = secret
-        self.name = name
-        self.match = dict(match or {})
-        self.match_re = dict(match_re or {})
-        self.timeout = float(timeout)
         self.clock = clock
-        self._route = Route(self.match, self.match_re, ALL_CHANGES)
-
-    def wants(self, event: AlertEvent) -> bool:
-        """Every kind of change whose labels match; the receiver decides what matters."""
-        return self._route.matches(event)
+        super().__init__(name, match, match_re, timeout)
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
         """The signed POST, signed now."""
