@@ -174,14 +174,10 @@ def create_app(
 
     @app.get("/api/v1/series/{series_id}")
     def one_series(series_id: str, detection: DetectionDep) -> JSONResponse:
-        for runtime in detection.runtimes.values():
-            key = runtime.ids.get(series_id)
-            if key is not None:
-                state = runtime.series_state(key)
-                if state is not None:
-                    data = _series_json(state)
-                    data["model"] = runtime.model_name
-                    return JSONResponse(data)
+        found = web.find_series(detection, series_id)
+        if found is not None:
+            runtime, state, _ = found
+            return JSONResponse({**_series_json(state), "model": runtime.model_name})
         raise HTTPException(404, f"no series {series_id!r}; list them at /api/v1/series")
 
     @app.get("/api/v1/alerts")

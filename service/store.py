@@ -44,7 +44,8 @@ class Checkpoint:
 
 def _pack(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    # Array names are keyword arguments here; none is called ``allow_pickle``.
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 

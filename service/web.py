@@ -362,7 +362,8 @@ def index(request: Request, source: SourceDep) -> HTMLResponse:
     )
 
 
-def _find(source: PageSource, wanted: str) -> tuple[PageRuntime, SeriesState, int] | None:
+def find_series(source: PageSource, wanted: str) -> tuple[PageRuntime, SeriesState, int] | None:
+    """The runtime, latest state and engine row of the series with id ``wanted``, if tracked."""
     for runtime in source.runtimes.values():
         key = runtime.ids.get(wanted)
         row = runtime.engine.series.get(key) if key is not None else None
@@ -374,7 +375,7 @@ def _find(source: PageSource, wanted: str) -> tuple[PageRuntime, SeriesState, in
 
 @router.get("/series/{series_id}", response_class=HTMLResponse)
 def series_page(series_id: str, request: Request, source: SourceDep) -> HTMLResponse:
-    found = _find(source, series_id)
+    found = find_series(source, series_id)
     if found is None:
         return templates.TemplateResponse(
             request, "missing.html", {"now": source.clock(), "series_id": series_id}, status_code=404

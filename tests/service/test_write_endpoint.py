@@ -71,3 +71,6 @@ def test_a_good_body_is_scored(client: TestClient) -> None:
     assert response.status_code == 204
     [series] = client.get("/api/v1/series").json()
     assert series["key"] == KEY and series["value"] == 5.0 and series["warming"] is True
+    one = client.get(f"/api/v1/series/{series['id']}").json()
+    assert one["key"] == KEY and one["model"] == "auto"
+    assert client.get("/api/v1/series/nonexistent").status_code == 404
