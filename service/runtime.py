@@ -22,9 +22,9 @@ from typing import ClassVar
 import numpy as np
 
 from detector.alerts import AlertEvent
-from detector.config import build_engine
+from detector.config import build_engine, build_tracker
 from detector.engine import ScoredBatch
-from detector.incidents import IncidentTracker, Links
+from detector.incidents import Links
 from detector.labels import parse_series_key
 from detector.silences import SilenceSet
 from models.base import ArrayState, FieldSpecs
@@ -120,13 +120,7 @@ class DetectorRuntime:
         self.engine = build_engine(spec.engine_config())
         self.latest = LatestResults()
         self.history = RecentHistory(history_points)
-        self.tracker = IncidentTracker(
-            spec.name,
-            group_by=spec.alerting.group_by,
-            group_window=spec.alerting.group_window,
-            refresh_interval=spec.alerting.refresh_interval,
-            links=links,
-        )
+        self.tracker = build_tracker(spec, spec.name, links)
         self.labels: dict[str, dict[str, str]] = {}
         self.ids: dict[str, str] = {}
         self._accepts: dict[str, bool] = {}
