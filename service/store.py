@@ -73,6 +73,10 @@ class Store:
                 " fingerprint TEXT NOT NULL, saved_at REAL NOT NULL, arrays BLOB NOT NULL,"
                 " extra TEXT NOT NULL)"
             )
+            self.connection.execute(
+                "CREATE TABLE IF NOT EXISTS feedback (incident_id TEXT NOT NULL, verdict TEXT NOT NULL,"
+                " at REAL NOT NULL, event TEXT NOT NULL)"
+            )
         except (OSError, sqlite3.Error) as error:
             raise StoreError(
                 f"{path}: cannot open the state store ({error}); set `store:` to a writable file path"
@@ -107,10 +111,6 @@ class Store:
     def record_feedback(self, incident_id: str, verdict: str, at: float, event: dict[str, Any]) -> None:
         """Keep on-call's verdict on an alert (the audit trail of sensitivity changes)."""
         with self.lock:
-            self.connection.execute(
-                "CREATE TABLE IF NOT EXISTS feedback (incident_id TEXT NOT NULL, verdict TEXT NOT NULL,"
-                " at REAL NOT NULL, event TEXT NOT NULL)"
-            )
             self.connection.execute(
                 "INSERT INTO feedback VALUES (?, ?, ?, ?)", (incident_id, verdict, at, json.dumps(event))
             )
