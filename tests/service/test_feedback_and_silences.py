@@ -1,0 +1,91 @@
+"""The on-call APIs over HTTP: feedback on an alert, and silences made through the API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import ServiceSettings
+from tests.support.remote_write import HEADERS, write_request
+
+KEY = 'checkout_latency_ms{instance="web-1",job="shop"}'
+STEP = 60.0
+
+
+def _settings(tmp_path: Path) -> ServiceSettings:
+    return ServiceSettings.model_validate(
+        {
+            "store": str(tmp_path / "state.db"),
+            "detectors": [
+                {
+                    "name": "rw",
+                    "source": "remote_write",
+                    "match": {"__name__": "checkout_latency_ms"},
+                    "model": "ewma",
+                }
+            ],
+        }
+    )
+
+
+@pytest.fixture
+def alerted(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
+    """A service whose one series has just alerted on a spike; yields the client and the incident id."""
+    rng = np.random.default_rng(5)
+    with TestClient(create_app(_settings(tmp_path))) as client:
+        for step in range(303):
+            value = 200.0 + rng.normal(0, 5) + (300.0 if step >= 300 else 0.0)
+            body = write_request([KEY], np.array([1.7e9 + step * STEP]), np.array([value]))
+            assert client.post("/api/v1/write", content=body, headers=HEADERS).status_code == 204
+        opened = [e for e in client.get("/api/v1/alerts").json()["events"] if e["change"] == "opened"]
+        assert opened and opened[0]["findings"][0]["key"] == KEY, opened
+        yield client, opened[0]["incident_id"]
+
+
+def test_a_false_positive_halves_the_series_budget_in_that_direction(alerted: tuple[TestClient, str]) -> None:
+    client, incident = alerted
+    reply = client.post(f"/api/v1/alerts/{incident}/feedback", json={"verdict": "false_positive"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["budget_scale"][KEY] == {"high": 0.5, "low": 1.0}
+    again = client.post(f"/api/v1/alerts/{incident}/feedback", json={"verdict": "false_positive"}).json()
+    assert again["budget_scale"][KEY]["high"] == 0.25
+    restored = client.post(f"/api/v1/alerts/{incident}/feedback", json={"verdict": "incident"}).json()
+    assert restored["budget_scale"][KEY]["high"] == 0.5
+
+
+def test_a_confirmed_incident_is_kept_out_of_learning(alerted: tuple[TestClient, str]) -> None:
+    client, incident = alerted
+    assert client.post(f"/api/v1/alerts/{incident}/feedback", json={"verdict": "incident"}).status_code == 200
+    [rule] = client.get("/api/v1/silences").json()
+    assert rule["maintenance"] is True and incident in rule["comment"]
+
+
+def test_feedback_errors(alerted: tuple[TestClient, str]) -> None:
+    client, incident = alerted
+    assert client.post("/api/v1/alerts/nope/feedback", json={"verdict": "incident"}).status_code == 404
+    assert client.post(f"/api/v1/alerts/{incident}/feedback", json={"verdict": "meh"}).status_code == 422
+
+
+def test_silences_api_round_trip_and_survive_a_restart(tmp_path: Path) -> None:
+    silence = {
+        "matchers": ['job="shop"'],
+        "starts_at": "2026-01-01T00:00:00Z",
+        "ends_at": "2099-01-01T00:00:00Z",
+        "comment": "deploy",
+    }
+    with TestClient(create_app(_settings(tmp_path))) as client:
+        created = client.post("/api/v1/silences", json=silence)
+        assert created.status_code == 201, created.text
+        rule_id = created.json()["id"]
+        bad = client.post("/api/v1/silences", json={**silence, "matchers": ['job=~".*"']})
+        assert bad.status_code == 422 and "matches every series" in bad.text
+    with TestClient(create_app(_settings(tmp_path))) as client:
+        assert [r["id"] for r in client.get("/api/v1/silences").json()] == [rule_id]
+        assert client.delete(f"/api/v1/silences/{rule_id}").status_code == 204
+        assert client.get("/api/v1/silences").json() == []
+        assert client.delete(f"/api/v1/silences/{rule_id}").status_code == 404
