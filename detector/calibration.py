@@ -30,6 +30,11 @@ hash (:meth:`TailCalibrator.noise`), so results are reproducible and do not
 depend on batching.
 
 The score leaving the engine is ``anomaly_score = 1 - p``.
+
+The per-point arithmetic runs in loops compiled by numba (cached on disk after
+the first run): one pass over each series' histogram reads both tails, and one
+more learns the point and finds the band edges, where numpy would build dozens
+of temporaries per batch.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from numba import njit
 
 from models.base import ArrayState, FieldSpecs
 
@@ -47,6 +53,8 @@ _U_MAX = 8.0
 _EDGES = np.linspace(-_U_MAX, _U_MAX, _BINS + 1)
 _WIDTH = float(_EDGES[1] - _EDGES[0])
 _CENTERS = 0.5 * (_EDGES[:-1] + _EDGES[1:])
+#: Deviations at the edges: where a band ends.
+_EDGE_Z = np.sinh(_EDGES)
 #: Past points needed beyond a deviation for the empirical tail to be trusted.
 _TAIL_SUPPORT = 1.0
 #: Mass (as a fraction, or at least this many points) used to fit the tail.
@@ -61,16 +69,181 @@ _TRUSTED_DECADES = 2.0
 _SEARCH_STEPS = int(np.ceil(np.log2(_BINS + 1)))
 
 
-def _uniform_hash(seed: np.ndarray, counter: np.ndarray) -> np.ndarray:
-    """SplitMix64 of (seed, counter) as floats in (0, 1): reproducible noise."""
-    z = seed.astype(np.uint64) + counter.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+@njit(cache=True)
+def _splitmix(seed: np.uint64, counter: np.uint64) -> float:
+    """SplitMix64 of (seed, counter) as a float in (0, 1)."""
+    z = seed + counter * np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
-    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+    return (np.float64(z >> np.uint64(11)) + 0.5) / 9007199254740992.0
 
 
-def _pareto_survival(y: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
+@njit(cache=True)
+def _noise_kernel(seeds: np.ndarray, seen: np.ndarray, ids: np.ndarray, stream: int) -> np.ndarray:
+    out = np.empty(len(ids))
+    for i in range(len(ids)):
+        row = ids[i]
+        out[i] = _splitmix(seeds[row], np.uint64(seen[row] * 4.0 + stream))
+    return out
+
+
+@njit(cache=True)
+def _bin_of(z: float) -> tuple[float, int]:
+    """Position on the asinh axis and the histogram bin of a deviation."""
+    u = min(max(np.arcsinh(z), -_U_MAX), _U_MAX - 1e-9)
+    return u, min(int((u + _U_MAX) / _WIDTH), _BINS - 1)
+
+
+@njit(cache=True)
+def _floor(seen: float, warmup: float) -> float:
+    """No p-value below 1/(seen+1) while warming up: five points cannot be sure."""
+    return 1.0 / (seen + 1.0) if seen < warmup else 1e-12
+
+
+# The kernels work in phases (positions, then memory reads, then arithmetic)
+# rather than one point at a time: with 100k series the histograms do not fit
+# in cache, and a loop with nothing but independent reads lets the CPU fetch
+# many rows at once.
+
+
+@njit(cache=True)
+def _survival_kernel(
+    stored: np.ndarray,
+    unit: np.ndarray,
+    seen: np.ndarray,
+    seeds: np.ndarray,
+    ids: np.ndarray,
+    z: np.ndarray,
+    warmup: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(Z >= z) and P(Z <= z) of each deviation under its series' histogram.
+
+    Empirical where the histogram holds enough mass that far out, else the
+    extrapolated tail; never below the warm-up floor.
+    """
+    n = len(ids)
+    position, index = np.empty(n), np.empty(n, dtype=np.int64)
+    for i in range(n):
+        position[i], index[i] = _bin_of(z[i])
+    cells = np.empty((n, 5))
+    for i in range(n):
+        row, k = ids[i], index[i]
+        cells[i, 0] = stored[row, 0]
+        cells[i, 1] = stored[row, k]
+        cells[i, 2] = stored[row, k + 1]
+        cells[i, 3] = unit[row]
+        cells[i, 4] = seen[row]
+    high, low = np.empty(n), np.empty(n)
+    for i in range(n):
+        total, count = cells[i, 0], cells[i, 0] / cells[i, 3]
+        floor = _floor(cells[i, 4], warmup)
+        row = ids[i]
+        inside = min(max((position[i] - _EDGES[index[i]]) / _WIDTH, 0.0), 1.0)
+        for upper in (True, False):
+            if upper:
+                at_mass, beyond_mass, depth = cells[i, 1], cells[i, 2], inside
+            else:
+                # P(Z <= z) is P(-Z >= -z): the same bin read mirrored, from its other end.
+                at_mass, beyond_mass, depth = total - cells[i, 2], total - cells[i, 1], 1.0 - inside
+            # Tied values (counts, flat series) all land on one spot in a bin
+            # holding most of the series' mass: randomising their position
+            # makes the p-value uniform anyway.
+            if (at_mass - beyond_mass) > 0.5 * total:
+                depth = _splitmix(seeds[row], np.uint64(cells[i, 4] * 4.0 + (1 if upper else 0)))
+            value, thin = _bin_survival(at_mass, beyond_mass, total, count, depth)
+            if thin:
+                far = position[i] if upper else -position[i]
+                value = _extrapolate(stored, row, cells[i, 3], far, upper)
+            value = min(max(value, floor), 1.0)
+            if upper:
+                high[i] = value
+            else:
+                low[i] = value
+    return high, low
+
+
+@njit(cache=True)
+def _bin_survival(at_mass: float, beyond_mass: float, total: float, count: float, depth: float):  # type: ignore[no-untyped-def]
+    """Survival at ``depth`` (0..1) into a bin, interpolated geometrically, and whether it is thin."""
+    if not count > 0:
+        return 1.0, False
+    at_bin, beyond_bin = at_mass / total, beyond_mass / total
+    value = at_bin * (beyond_bin / at_bin) ** depth if beyond_bin > 0 else at_bin * (1.0 - depth)
+    return value, value * count < _TAIL_SUPPORT
+
+
+@njit(cache=True)
+def _update_kernel(
+    stored: np.ndarray,
+    unit: np.ndarray,
+    seen: np.ndarray,
+    ids: np.ndarray,
+    z: np.ndarray,
+    weight: np.ndarray,
+    growth: float,
+    p_high: np.ndarray,
+    p_low: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Learn each point (weight 0: don't), then find each series' band edges.
+
+    A band edge is the first histogram edge at which the one-sided survival is
+    at or below the given p (NaN p: no band that side), found by binary search
+    while the row just updated is still in cache.
+    """
+    n = len(ids)
+    index = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        index[i] = _bin_of(z[i])[1]
+    upper_z, lower_z = np.full(n, np.nan), np.full(n, np.nan)
+    for i in range(n):
+        row = ids[i]
+        if weight[i] > 0:
+            grown = unit[row] * growth
+            add = weight[i] * grown
+            for k in range(index[i] + 1):
+                stored[row, k] += add
+            unit[row] = grown
+            seen[row] += 1.0
+            # The unit grows instead of every bin decaying; rescale before it overflows.
+            if grown > _RESCALE_AT:
+                stored[row, :] /= grown
+                unit[row] = 1.0
+        if not np.isnan(p_high[i]):
+            upper_z[i] = _EDGE_Z[_first_edge_below(stored, row, 0.0, 1.0, p_high[i] * _mass(stored, row))]
+        if not np.isnan(p_low[i]):
+            total = stored[row, 0]
+            lower_z[i] = -_EDGE_Z[_first_edge_below(stored, row, total, -1.0, p_low[i] * _mass(stored, row))]
+    return upper_z, lower_z
+
+
+@njit(cache=True)
+def _mass(stored: np.ndarray, row: int) -> float:
+    """A series' histogram mass, 1 for an empty one (every tail is then 0 of 1)."""
+    return stored[row, 0] if stored[row, 0] > 0 else 1.0
+
+
+@njit(cache=True)
+def _first_edge_below(stored: np.ndarray, row: int, offset: float, sign: float, mass_limit: float) -> int:
+    """Binary search for the first edge whose tail mass is at or below the limit (NaN: the last edge).
+
+    The tail mass at an edge is ``stored[edge]`` on the high side (``offset``
+    0, ``sign`` 1) and ``total - stored[BINS - edge]`` on the low side, the
+    histogram read mirrored.  Branch-free steps: the outcome of each
+    comparison is random, so branches would mostly be mispredicted.
+    """
+    low, high = 0, _BINS
+    for _ in range(_SEARCH_STEPS):
+        middle = (low + high) >> 1
+        cell = middle if sign > 0 else _BINS - middle
+        below = offset + sign * stored[row, cell] <= mass_limit
+        high = middle if below else high
+        low = low if below else middle + 1
+    return high
+
+
+@njit(cache=True)
+def _pareto_survival(y: float, shape: float, scale: float) -> float:
     """GPD survival, continued exponentially where a light-tailed fit would end.
 
     A negative shape gives a tail with an end point, beyond which everything is
@@ -80,14 +253,57 @@ def _pareto_survival(y: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.
     far out they are.
     """
     light = shape < -1e-6
-    safe_shape = np.where(np.abs(shape) < 1e-6, 1e-6, shape)
+    safe_shape = 1e-6 if abs(shape) < 1e-6 else shape
     drop = 10.0**-_TRUSTED_DECADES
-    join = np.where(light, scale * (drop**-safe_shape - 1.0) / safe_shape, np.inf)
-    within = np.minimum(y, join)
-    survival = np.power(np.maximum(1.0 + safe_shape * within / scale, 1e-300), -1.0 / safe_shape)
-    hazard = 1.0 / (scale + safe_shape * np.where(light, join, 0.0))
-    beyond = np.maximum(y - join, 0.0)
-    return np.where(y > join, drop * np.exp(-beyond * hazard), survival)
+    join = scale * (drop**-safe_shape - 1.0) / safe_shape if light else np.inf
+    if y > join:
+        hazard = 1.0 / (scale + safe_shape * join)
+        return drop * np.exp(-(y - join) * hazard)
+    return max(1.0 + safe_shape * y / scale, 1e-300) ** (-1.0 / safe_shape)
+
+
+@njit(cache=True)
+def _tail_mass(stored: np.ndarray, row: int, k: int, upper: bool) -> float:
+    """Mass at or beyond edge k on one side (the low side reads the histogram mirrored)."""
+    return stored[row, k] if upper else stored[row, 0] - stored[row, _BINS - k]
+
+
+@njit(cache=True)
+def _extrapolate(stored: np.ndarray, row: int, unit: float, u: float, upper: bool) -> float:
+    """Generalised Pareto tail in u fitted to the top of one side of the histogram (SPOT).
+
+    The shape and scale come from the method of moments on the excesses over
+    the threshold; a negative shape (a light tail, as for Gaussian data)
+    bounds the tail, a positive one (heavy tail) stretches it.
+    """
+    total = stored[row, 0]
+    count = total / unit
+    need = min(max(_TAIL_FIT_FRACTION * total, _TAIL_FIT_POINTS * total / count), total)
+    # Threshold: the highest edge with at least `need` mass at or beyond it.
+    threshold_bin = 0
+    for k in range(_BINS - 1, -1, -1):
+        if _tail_mass(stored, row, k, upper) >= need:
+            threshold_bin = k
+            break
+    threshold_u = _EDGES[threshold_bin]
+    tail_mass, first_moment = 0.0, 0.0
+    for k in range(threshold_bin, _BINS):
+        in_bin = _tail_mass(stored, row, k, upper) - _tail_mass(stored, row, k + 1, upper)
+        tail_mass += in_bin
+        first_moment += in_bin * (_CENTERS[k] - threshold_u)
+    tail_mass = max(tail_mass, 1e-300)
+    mean = max(first_moment / tail_mass, 0.5 * _WIDTH)
+    second_moment = 0.0
+    for k in range(threshold_bin, _BINS):
+        in_bin = _tail_mass(stored, row, k, upper) - _tail_mass(stored, row, k + 1, upper)
+        second_moment += in_bin * (_CENTERS[k] - threshold_u - mean) ** 2
+    # A bin's mass is spread over its width: add that spread's variance.
+    variance = max(second_moment / tail_mass + _WIDTH**2 / 12.0, 1e-12)
+    ratio = mean**2 / variance
+    shape = min(max(0.5 * (1.0 - ratio), -0.5), 0.5)
+    scale = 0.5 * mean * (1.0 + ratio)
+    p_threshold = _tail_mass(stored, row, threshold_bin, upper) / total
+    return p_threshold * _pareto_survival(max(u - threshold_u, 0.0), shape, scale)
 
 
 class TailCalibrator(ArrayState):
@@ -150,8 +366,7 @@ class TailCalibrator(ArrayState):
         Drawn from (series seed, points seen, stream), so the same series at the
         same point always gets the same number, however it was batched.
         """
-        counter = self.arrays["seen"][ids] * 4 + stream
-        return _uniform_hash(self.arrays["seed"][ids], counter)
+        return _noise_kernel(self.arrays["seed"], self.arrays["seen"], _as_ids(ids), stream)
 
     def effective_count(self, ids: np.ndarray) -> np.ndarray:
         """How many recent points the histogram holds, after decay."""
@@ -160,97 +375,20 @@ class TailCalibrator(ArrayState):
     def warming(self, ids: np.ndarray) -> np.ndarray:
         return self.arrays["seen"][ids] < self.warmup
 
-    def _locate(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        u = np.clip(np.arcsinh(z), -_U_MAX, _U_MAX - 1e-9)
-        position = (u + _U_MAX) / _WIDTH
-        index = np.minimum(position.astype(np.int64), _BINS - 1)
-        return u, index
-
-    def _survival(self, ids: np.ndarray, z: np.ndarray, upper: bool) -> np.ndarray:
-        """P(Z >= z) (``upper``) or P(Z <= z) from the decayed histogram."""
-        stored = self.arrays["mass_at_or_above"]
-        total = stored[ids, 0]
-        if not upper:
-            z = -z
-        u, index = self._locate(z)
-        # Read single cells, not whole rows: gathering rows costs 80 copies per point.
-        if upper:
-            at_mass = stored[ids, index]
-            beyond_mass = stored[ids, index + 1]
-        else:
-            # P(Z <= z) is P(-Z >= -z): the histogram read mirrored.
-            at_mass = total - stored[ids, _BINS - index]
-            beyond_mass = total - stored[ids, _BINS - index - 1]
-        safe_total = np.where(total > 0, total, 1.0)
-        at_bin = at_mass / safe_total
-        beyond_bin = beyond_mass / safe_total
-        inside = np.clip((u - _EDGES[index]) / _WIDTH, 0.0, 1.0)
-        # Tied values (counts, flat series) all land on one spot in a bin: a
-        # bin holding most of the series' mass.  Randomising their position
-        # makes the p-value uniform anyway.
-        tied = (at_mass - beyond_mass) > 0.5 * total
-        inside = np.where(tied, self.noise(ids, stream=int(upper)), inside)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            geometric = at_bin * np.power(np.where(at_bin > 0, beyond_bin / at_bin, 0.0), inside)
-        survival = np.where(beyond_bin > 0, geometric, at_bin * (1.0 - inside))
-        count = total / self.arrays["unit"][ids]
-        thin = survival * count < _TAIL_SUPPORT
-        if np.any(thin & (count > 0)):
-            pick = np.nonzero(thin & (count > 0))[0]
-            mass = stored[ids[pick]]
-            if not upper:
-                mass = mass[:, :1] - mass[:, ::-1]
-            tail = self._extrapolate(mass, u[pick], count[pick])
-            survival[pick] = tail
-        survival = np.where(count > 0, survival, 1.0)
-        floor = np.where(
-            self.arrays["seen"][ids] < self.warmup,
-            1.0 / (self.arrays["seen"][ids] + 1.0),
-            1e-12,
+    def _survival(self, ids: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P(Z >= z) and P(Z <= z) from the decayed histogram."""
+        return _survival_kernel(
+            self.arrays["mass_at_or_above"], self.arrays["unit"], self.arrays["seen"], self.arrays["seed"],
+            _as_ids(ids), np.asarray(z, dtype=np.float64), float(self.warmup),
         )
-        return np.clip(survival, floor, 1.0)
-
-    @staticmethod
-    def _extrapolate(mass: np.ndarray, u: np.ndarray, count: np.ndarray) -> np.ndarray:
-        """Generalised Pareto tail in u fitted to the top of the histogram (SPOT).
-
-        The shape and scale come from the method of moments on the excesses
-        over the threshold; a negative shape (a light tail, as for Gaussian
-        data) bounds the tail, a positive one (heavy tail) stretches it.
-        """
-        total = mass[:, 0]
-        need = np.maximum(_TAIL_FIT_FRACTION * total, _TAIL_FIT_POINTS * total / count)
-        need = np.minimum(need, total)
-        # Threshold bin: the highest edge with at least `need` mass at or above it.
-        enough = mass[:, :-1] >= need[:, None]
-        threshold_bin = _BINS - 1 - np.argmax(enough[:, ::-1], axis=1)
-        rows = np.arange(len(u))
-        threshold_u = _EDGES[threshold_bin]
-        in_bins = mass[:, :-1] - mass[:, 1:]
-        above = np.arange(_BINS)[None, :] >= threshold_bin[:, None]
-        excess_mass = np.where(above, in_bins, 0.0)
-        tail_mass = np.maximum(excess_mass.sum(axis=1), 1e-300)
-        excess = _CENTERS[None, :] - threshold_u[:, None]
-        mean = (excess_mass * excess).sum(axis=1) / tail_mass
-        mean = np.maximum(mean, 0.5 * _WIDTH)
-        # A bin's mass is spread over its width: add that spread's variance.
-        variance = (excess_mass * (excess - mean[:, None]) ** 2).sum(axis=1) / tail_mass
-        variance = np.maximum(variance + _WIDTH**2 / 12.0, 1e-12)
-        ratio = mean**2 / variance
-        shape = np.clip(0.5 * (1.0 - ratio), -0.5, 0.5)
-        scale = 0.5 * mean * (1.0 + ratio)
-        p_threshold = mass[rows, threshold_bin] / total
-        y = np.maximum(u - threshold_u, 0.0)
-        return p_threshold * _pareto_survival(y, shape, scale)
 
     def p_value(self, ids: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Tail probability of each deviation under its series' past deviations."""
+        high, low = self._survival(ids, z)
         if self.direction == "high":
-            return self._survival(ids, z, upper=True)
+            return high
         if self.direction == "low":
-            return self._survival(ids, z, upper=False)
-        high = self._survival(ids, z, upper=True)
-        low = self._survival(ids, z, upper=False)
+            return low
         return np.minimum(1.0, 2.0 * np.minimum(high, low))
 
     def quantile(self, ids: np.ndarray, p: np.ndarray, upper: bool) -> np.ndarray:
@@ -259,40 +397,33 @@ class TailCalibrator(ArrayState):
         Used to draw the expected band: ``expected + quantile * scale`` is how
         far a point may go on that side without being judged that unusual.
         """
-        stored = self.arrays["mass_at_or_above"]
-        total = stored[ids, 0]
-        safe_total = np.where(total > 0, total, 1.0)
+        ids = _as_ids(ids)
         p = np.broadcast_to(np.asarray(p, dtype=np.float64), ids.shape)
-
-        def survival_below(edge: np.ndarray) -> np.ndarray:
-            # Low side: P(Z <= -edge) read mirrored, as in _survival.
-            mass = stored[ids, edge] if upper else total - stored[ids, _BINS - edge]
-            return mass / safe_total <= p
-
-        # Survival only falls with the edge: binary-search the first edge at or
-        # below p (single cells, not whole rows); none means the last edge.
-        low = np.zeros(len(ids), dtype=np.int64)
-        high = np.full(len(ids), _BINS, dtype=np.int64)
-        for _ in range(_SEARCH_STEPS):
-            middle = (low + high) // 2
-            below = survival_below(middle)
-            high = np.where(below, middle, high)
-            low = np.where(below, low, middle + 1)
-        edge = high
-        z = np.sinh(_EDGES[edge])
-        return z if upper else -z
+        none = np.full(len(ids), np.nan)
+        high, low = (p, none) if upper else (none, p)
+        upper_z, lower_z = self.learn_and_band(ids, none, np.zeros(len(ids)), high, low)
+        return upper_z if upper else lower_z
 
     def learn(self, ids: np.ndarray, z: np.ndarray, weight: np.ndarray) -> None:
         """Add each deviation to its series' histogram with the given weight."""
-        unit = self.arrays["unit"][ids] * self._growth
-        _, index = self._locate(z)
-        add = (weight * unit)[:, None] * (np.arange(_BINS + 1)[None, :] <= index[:, None])
-        self.arrays["mass_at_or_above"][ids] += add
-        self.arrays["unit"][ids] = unit
-        self.arrays["seen"][ids] += 1.0
-        big = unit > _RESCALE_AT
-        if np.any(big):
-            rescale = ids[big]
-            factor = 1.0 / self.arrays["unit"][rescale]
-            self.arrays["mass_at_or_above"][rescale] *= factor[:, None]
-            self.arrays["unit"][rescale] = 1.0
+        none = np.full(len(ids), np.nan)
+        self.learn_and_band(ids, z, weight, none, none)
+
+    def learn_and_band(
+        self, ids: np.ndarray, z: np.ndarray, weight: np.ndarray, p_high: np.ndarray, p_low: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`learn`, then the band edges (as :meth:`quantile`) at one-sided ``p_high``, ``p_low``.
+
+        One pass over each series' histogram instead of three; weight 0 learns
+        nothing, a NaN p gives a NaN edge.  Returns (upper, lower) deviations.
+        """
+        return _update_kernel(
+            self.arrays["mass_at_or_above"], self.arrays["unit"], self.arrays["seen"], _as_ids(ids),
+            *(np.ascontiguousarray(a, dtype=np.float64) for a in (z, weight)), self._growth,
+            *(np.ascontiguousarray(a, dtype=np.float64) for a in (p_high, p_low)),
+        )
+
+
+def _as_ids(ids: np.ndarray) -> np.ndarray:
+    """Row ids as the int64 array the compiled kernels are typed for."""
+    return np.asarray(ids, dtype=np.int64)

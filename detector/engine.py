@@ -339,13 +339,14 @@ class Engine:
         )
         weight = np.where(model_warm, np.clip(p / self.protect_below, 0.0, 1.0), 1.0)
         self.model.learn(ids, t, safe_x, np.where(valid & learn, weight, 0.0))
-        taught = model_warm & learn
-        if np.any(taught):
-            warm = np.nonzero(taught)[0]
-            self.calibrator.learn(ids[warm], z[warm], np.ones(len(warm)))
         two_sided = 2.0 if self.calibrator.direction == "both" else 1.0
-        upper_z = self.calibrator.quantile(ids, decision.alpha[:, HIGH] / two_sided, upper=True)
-        lower_z = self.calibrator.quantile(ids, decision.alpha[:, LOW] / two_sided, upper=False)
+        upper_z, lower_z = self.calibrator.learn_and_band(
+            ids,
+            z,
+            (model_warm & learn).astype(np.float64),
+            decision.alpha[:, HIGH] / two_sided,
+            decision.alpha[:, LOW] / two_sided,
+        )
         scale = assessment.scale
         # No band until both the model and the calibration have something to say.
         banded = ~assessment.warming & (self.calibrator.effective_count(ids) > 0)

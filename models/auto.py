@@ -72,6 +72,7 @@ class AutoModel:
         self.own: dict[str, np.ndarray] = {
             name: np.zeros(0, dtype=dtype) for name, (dtype, _) in self._own_specs.items()
         }
+        self._last_assessed: tuple[np.ndarray, np.ndarray, np.ndarray, Assessment, Assessment] | None = None
 
     @property
     def warmup(self) -> int:
@@ -89,6 +90,7 @@ class AutoModel:
                 self.own[name] = grown
 
     def reset(self, ids: np.ndarray) -> None:
+        self._last_assessed = None
         self.flat.reset(ids)
         self.seasonal.reset(ids)
         for name, (_, initial) in self._own_specs.items():
@@ -100,6 +102,7 @@ class AutoModel:
     def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:
         flat = self.flat.assess(ids, t, x)
         seasonal = self.seasonal.assess(ids, t, x)
+        self._last_assessed = (ids, t, x, flat, seasonal)
         pick = self._uses_seasonal(ids)
         expected = np.where(pick, seasonal.expected, flat.expected)
         scale = np.where(pick, seasonal.scale, flat.scale)
@@ -112,9 +115,20 @@ class AutoModel:
         mean = self.own["mean_deviation"][ids]
         return mean + self._shift_rate * (np.clip(point, -3.0, 3.0) - mean)
 
+    def _forecasts(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> tuple[Assessment, Assessment]:
+        """Both forecasters' view of a batch about to be learned.
+
+        The engine learns each batch right after assessing it, with the same
+        arrays and no learning in between, so :meth:`assess`'s forecasts are
+        reused rather than computed twice.
+        """
+        last, self._last_assessed = self._last_assessed, None
+        if last is not None and last[0] is ids and last[1] is t and last[2] is x:
+            return last[3], last[4]
+        return self.flat.assess(ids, t, x), self.seasonal.assess(ids, t, x)
+
     def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
-        flat = self.flat.assess(ids, t, x)
-        seasonal = self.seasonal.assess(ids, t, x)
+        flat, seasonal = self._forecasts(ids, t, x)
         pick = self._uses_seasonal(ids)
         point = np.where(pick, seasonal.deviation, flat.deviation)
         # A point with no weight (a gap, a silenced point) teaches nothing, not even errors.
@@ -164,6 +178,7 @@ class AutoModel:
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self._last_assessed = None
         self.flat.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flat.")})
         self.seasonal.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("seasonal.")})
         for name, (dtype, _) in self._own_specs.items():

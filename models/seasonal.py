@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from models.base import (
     MEAN_ABS_TO_SIGMA,
@@ -11,8 +12,6 @@ from models.base import (
     Assessment,
     FieldSpecs,
     learning_rate,
-    scale_floor,
-    warmup_rate,
 )
 
 DAY = 86_400.0
@@ -104,95 +103,27 @@ class SeasonalProfile(ArrayState):
             "last_t": (np.float64, (), np.nan),
         }
 
-    def _knots(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        position = np.mod(t, self.period) / self.period * self.bins
-        left = np.floor(position).astype(np.int64) % self.bins
-        return left, (left + 1) % self.bins, position - np.floor(position)
-
-    @staticmethod
-    def _weekday(t: np.ndarray) -> np.ndarray:
-        # The Unix epoch was a Thursday; any fixed labelling works.
-        return (np.floor(t / DAY).astype(np.int64)) % 7
-
-    def _seasonal(self, ids: np.ndarray, t: np.ndarray) -> np.ndarray:
-        left, right, frac = self._knots(t)
-        profile = self.arrays["profile"]
-        shape = (1.0 - frac) * profile[ids, left] + frac * profile[ids, right]
-        if self.weekly:
-            shape = shape + self.arrays["weekday"][ids, self._weekday(t)]
-        return shape.astype(np.float64)
-
-    def _scale(self, ids: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Scale at time t: the knots' own spread where learned, else the overall one.
-
-        Noise often follows the daily shape (busy hours are noisier), so each
-        knot keeps its own mean absolute deviation; the overall one fills in
-        for knots not yet visited and bounds how calm a knot may claim to be.
-        """
-        left, right, frac = self._knots(t)
-        overall = self.arrays["mean_abs"][ids]
-        spread = self.arrays["spread"]
-        local = (1.0 - frac) * spread[ids, left] + frac * spread[ids, right]
-        local = np.where(local > 0, local, overall)
-        mean_abs = np.maximum(local, self.calm_fraction * overall)
-        floor = scale_floor(self.arrays["level"][ids])
-        return np.maximum(mean_abs * MEAN_ABS_TO_SIGMA, floor)
-
     def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:
-        expected = self.arrays["level"][ids] + self._seasonal(ids, t)
-        scale = self._scale(ids, t)
-        seen = self.arrays["seen"][ids]
-        deviation = np.where(seen > 0, (x - expected) / scale, 0.0)
-        return Assessment(expected, scale, deviation, seen < self.warmup)
-
-    def _time_rate(self, ids: np.ndarray, t: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        """Profile learning rate for this point, from the time it covers.
-
-        ``season_halflife`` counts passes over a knot, whatever the sampling
-        interval: a 15-second series and a 5-minute one learn their daily shape
-        equally fast, in days.
-        """
-        knot_span = self.period / self.bins
-        gap = t - self.arrays["last_t"][ids]
-        covered = np.where(np.isfinite(gap) & (gap > 0), np.minimum(gap, knot_span), 0.0)
-        self.arrays["last_t"][ids] = np.where(weight > 0, t, self.arrays["last_t"][ids])
-        return (1.0 - 0.5 ** (covered / (self.season_halflife * knot_span))) * weight
+        expected, scale, deviation, warming = _assess_kernel(
+            *self._state(), np.asarray(ids, dtype=np.int64), *_floats(t, x), self._shape_settings()
+        )
+        return Assessment(expected, scale, deviation, warming)
 
     def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
-        seen = self.arrays["seen"][ids]
-        level = np.where(seen == 0, x, self.arrays["level"][ids])
-        residual = x - level - self._seasonal(ids, t)
-        scale = self._scale(ids, t)
-        limit = np.where(seen < self.warmup, np.inf, self.huber * scale)
-        clipped = np.clip(residual, -limit, limit)
-        level_rate = warmup_rate(self._level_rate, seen) * weight
-        self.arrays["level"][ids] = level + level_rate * clipped
-        left, right, frac = self._knots(t)
-        season_rate = self._time_rate(ids, t, weight)
-        step = (season_rate * clipped).astype(np.float32)
-        profile = self.arrays["profile"]
-        left_step = (1.0 - frac).astype(np.float32) * step
-        right_step = frac.astype(np.float32) * step
-        profile[ids, left] += left_step
-        profile[ids, right] += right_step
-        # Keep the profile centred, so the level is the period's mean.
-        profile[ids] -= ((left_step + right_step) / self.bins)[:, None]
-        if self.weekly:
-            day = self._weekday(t)
-            week_step = step / 7.0
-            weekday = self.arrays["weekday"]
-            weekday[ids, day] += week_step
-            weekday[ids] -= (week_step / 7.0)[:, None]
-        spread = self.arrays["spread"]
-        size = np.abs(clipped).astype(np.float32)
-        for knot, share in ((left, 1.0 - frac), (right, frac)):
-            old = spread[ids, knot]
-            rate = (season_rate * share).astype(np.float32)
-            spread[ids, knot] = np.where(old > 0, old + rate * (size - old), size)
-        mean_abs = self.arrays["mean_abs"][ids]
-        scale_rate = warmup_rate(self._scale_rate, seen) * weight
-        self.arrays["mean_abs"][ids] = mean_abs + scale_rate * (np.abs(clipped) - mean_abs)
-        self.arrays["seen"][ids] = seen + (weight > 0)
+        _learn_kernel(
+            *self._state(),
+            np.asarray(ids, dtype=np.int64),
+            *_floats(t, x, weight),
+            self._shape_settings(),
+            (self.huber, self._level_rate, self._scale_rate, self.season_halflife),
+        )
+
+    def _state(self) -> tuple[np.ndarray, ...]:
+        names = ("level", "mean_abs", "seen", "last_t", "profile", "spread", "weekday")
+        return tuple(self.arrays[name] for name in names)
+
+    def _shape_settings(self) -> tuple[float, int, bool, float, float]:
+        return (self.period, self.bins, self.weekly, self.calm_fraction, float(self.warmup))
 
     def fit_history(self, series_id: int, t: np.ndarray, x: np.ndarray) -> None:
         """Start one series from its history (statsmodels STL), not from nothing.
@@ -235,6 +166,118 @@ class SeasonalProfile(ArrayState):
 
     def __repr__(self) -> str:
         return f"SeasonalProfile(period={self.period}, bins={self.bins}, weekly={self.weekly})"
+
+
+def _floats(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+
+
+# The kernels below are the model's arithmetic, one series at a time, compiled:
+# a batch of 100k series is one pass over memory instead of dozens of numpy
+# temporaries.  Each series appears at most once per batch (the engine's rule).
+
+
+@njit(cache=True)
+def _knots(t: float, period: float, bins: int) -> tuple[int, int, float]:
+    """The profile knots either side of time t, and how far t is from the left one."""
+    cycles = t / period
+    # Not np.mod: libm's fmod is exact but costs more than everything else here.
+    position = (cycles - np.floor(cycles)) * bins
+    whole = np.floor(position)
+    left = min(int(whole), bins - 1)
+    right = left + 1 if left + 1 < bins else 0
+    return left, right, position - whole
+
+
+@njit(cache=True)
+def _shape(profile, weekday, row, t, period, bins, weekly):  # type: ignore[no-untyped-def]
+    """Profile plus weekday offset of one series at time t."""
+    left, right, frac = _knots(t, period, bins)
+    shape = (1.0 - frac) * profile[row, left] + frac * profile[row, right]
+    if weekly:
+        # The Unix epoch was a Thursday; any fixed labelling works.
+        shape += weekday[row, int(np.floor(t / DAY)) % 7]
+    return shape
+
+
+@njit(cache=True)
+def _scale(level, mean_abs, spread, row, t, period, bins, calm_fraction):  # type: ignore[no-untyped-def]
+    """Scale at time t: the knots' own spread where learned, else the overall one.
+
+    Noise often follows the daily shape (busy hours are noisier), so each knot
+    keeps its own mean absolute deviation; the overall one fills in for knots
+    not yet visited and bounds how calm a knot may claim to be.
+    """
+    left, right, frac = _knots(t, period, bins)
+    overall = mean_abs[row]
+    local = (1.0 - frac) * spread[row, left] + frac * spread[row, right]
+    if not local > 0:
+        local = overall
+    floor = SCALE_FLOOR * max(1.0, abs(level[row]))
+    return max(max(local, calm_fraction * overall) * MEAN_ABS_TO_SIGMA, floor)
+
+
+@njit(cache=True)
+def _assess_kernel(level, mean_abs, seen, last_t, profile, spread, weekday, ids, t, x, shape):  # type: ignore[no-untyped-def]
+    period, bins, weekly, calm_fraction, warmup = shape
+    n = len(ids)
+    expected, scale, deviation = np.empty(n), np.empty(n), np.empty(n)
+    warming = np.empty(n, dtype=np.bool_)
+    for i in range(n):
+        row = ids[i]
+        expected[i] = level[row] + _shape(profile, weekday, row, t[i], period, bins, weekly)
+        scale[i] = _scale(level, mean_abs, spread, row, t[i], period, bins, calm_fraction)
+        deviation[i] = (x[i] - expected[i]) / scale[i] if seen[row] > 0 else 0.0
+        warming[i] = seen[row] < warmup
+    return expected, scale, deviation, warming
+
+
+@njit(cache=True)
+def _learn_kernel(level, mean_abs, seen, last_t, profile, spread, weekday, ids, t, x, weight, shape, rates):  # type: ignore[no-untyped-def]
+    period, bins, weekly, calm_fraction, warmup = shape
+    huber, level_rate, scale_rate, season_halflife = rates
+    knot_span = period / bins
+    for i in range(len(ids)):
+        row, w = ids[i], weight[i]
+        before = seen[row]
+        start = x[i] if before == 0 else level[row]
+        residual = x[i] - start - _shape(profile, weekday, row, t[i], period, bins, weekly)
+        limit = np.inf if before < warmup else huber * _scale(
+            level, mean_abs, spread, row, t[i], period, bins, calm_fraction
+        )
+        clipped = min(max(residual, -limit), limit)
+        level[row] = start + max(level_rate, 1.0 / (before + 1.0)) * w * clipped
+        # The profile learns at a rate set by the time a point covers, so a
+        # 15-second series and a 5-minute one learn their daily shape equally
+        # fast, in passes over each knot (``season_halflife``).
+        gap = t[i] - last_t[row]
+        covered = min(gap, knot_span) if np.isfinite(gap) and gap > 0 else 0.0
+        if w > 0:
+            last_t[row] = t[i]
+        season_rate = (1.0 - 0.5 ** (covered / (season_halflife * knot_span))) * w
+        step = np.float32(season_rate * clipped)
+        left, right, frac = _knots(t[i], period, bins)
+        left_step = np.float32(1.0 - frac) * step
+        right_step = np.float32(frac) * step
+        profile[row, left] += left_step
+        profile[row, right] += right_step
+        # Keep the profile centred, so the level is the period's mean.
+        centring = (left_step + right_step) / np.float32(bins)
+        for knot in range(bins):
+            profile[row, knot] -= centring
+        if weekly:
+            week_step = step / np.float32(7.0)
+            weekday[row, int(np.floor(t[i] / DAY)) % 7] += week_step
+            for day in range(7):
+                weekday[row, day] -= week_step / np.float32(7.0)
+        size = np.float32(abs(clipped))
+        for knot, share in ((left, 1.0 - frac), (right, frac)):
+            old = spread[row, knot]
+            rate = np.float32(season_rate * share)
+            spread[row, knot] = old + rate * (size - old) if old > 0 else size
+        mean_abs[row] += max(scale_rate, 1.0 / (before + 1.0)) * w * (abs(clipped) - mean_abs[row])
+        if w > 0:
+            seen[row] = before + 1.0
 
 
 def detect_period(
