@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from detector.calibration import Direction, TailCalibrator
 from detector.policy import HIGH, LOW, AlertPolicy
@@ -60,18 +61,18 @@ def series_seed(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
+@njit(cache=True)
 def occurrence_rank(ids: np.ndarray) -> np.ndarray:
     """For each entry, how many earlier entries of the batch share its id.
 
     >>> occurrence_rank(np.array([4, 7, 4, 4, 7])).tolist()
     [0, 0, 1, 2, 1]
     """
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    starts = np.r_[True, sorted_ids[1:] != sorted_ids[:-1]]
-    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(ids)), 0))
+    seen = np.zeros(ids.max() + 1 if len(ids) else 0, dtype=np.int64)
     rank = np.empty(len(ids), dtype=np.int64)
-    rank[order] = np.arange(len(ids)) - group_start
+    for i in range(len(ids)):
+        rank[i] = seen[ids[i]]
+        seen[ids[i]] += 1
     return rank
 
 
@@ -308,7 +309,7 @@ class Engine:
                 f"ids, t, x, learn and silenced differ in length: "
                 f"{len(ids)}, {len(t)}, {len(x)}, {len(learn)}, {len(silenced)}"
             )
-        rank = occurrence_rank(ids) if len(ids) else np.zeros(0, dtype=np.int64)
+        rank = occurrence_rank(ids)
         if len(ids) == 0 or rank.max() == 0:
             return self._process_round(ids, t, x, learn, silenced)
         parts = [np.nonzero(rank == r)[0] for r in range(int(rank.max()) + 1)]
