@@ -11,7 +11,13 @@ the figures are over the rounds after it, steady state:
 - decode + score, one engine call per request:
   ``engine.process(engine.register(decoded.keys), decoded.t, decoded.x)``, with
   the time split between decoding and scoring;
-- decode + score, ``--batch-requests`` requests decoded and then scored in one call.
+- decode + score, ``--batch-requests`` requests decoded and then scored in one call;
+- the service's own path, :meth:`service.detection.Detection.write`: each round's
+  requests handled concurrently on one event loop, each decoded as it comes and
+  queued, the queue scored in batches of ``remote_write.batch_samples`` samples
+  (the default, and ``--service-batches``) with the detector's row cache, latest
+  results, plot history and alert tracking, as ``POST /api/v1/write`` does minus
+  HTTP parsing.  Its split puts the row look-ups and bookkeeping under "score".
 
 Times are CPU seconds of this process (``time.process_time``), so other work on
 a shared machine does not count against it; the bar is per core, so pin the
@@ -23,10 +29,12 @@ process to one as well::
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,8 +51,11 @@ import numpy as np  # noqa: E402
 from google.protobuf.internal import api_implementation  # noqa: E402
 
 from detector.config import DetectorConfig, build_engine  # noqa: E402
+from service.detection import Detection  # noqa: E402
 from service.proto import RequestV2, TimeSeriesV2, WriteRequest  # noqa: E402
 from service.remote_write import MEDIA_TYPE, V2_MESSAGE, SeriesCache, decode_write_request  # noqa: E402
+from service.settings import RemoteWriteSettings, ServiceSettings  # noqa: E402
+from service.store import Store  # noqa: E402
 
 SCRAPE_MS = 15_000
 START_MS = 1_760_000_000_000
@@ -153,6 +164,57 @@ def rate(samples: int, seconds: list[float]) -> str:
     return f"{samples / statistics.median(seconds):>12,.0f}   (best round {samples / min(seconds):,.0f})"
 
 
+def split(samples: int, decode_s: list[float], score_s: list[float]) -> str:
+    """The decode / score rates of the median round, and decode's share of the time."""
+    total = statistics.median([d + s for d, s in zip(decode_s, score_s, strict=True)])
+    decode_rate, score_rate = (samples / statistics.median(s) for s in (decode_s, score_s))
+    return (
+        f"{'    of which decode / score (median round)':56s}"
+        f"{decode_rate:>12,.0f} / {score_rate:,.0f} samples/s; "
+        f"decode {statistics.median(decode_s) / total:.0%} of the time"
+    )
+
+
+def service_rounds(rounds: list[list[bytes]], batch_samples: int) -> tuple[list[float], list[float]]:
+    """CPU seconds per round (decode, the rest) of ``Detection.write``, each round's requests concurrent."""
+    with tempfile.TemporaryDirectory() as directory:
+        settings = ServiceSettings.model_validate(
+            {
+                "store": f"{directory}/benchmark.db",
+                "remote_write": {"batch_samples": batch_samples},
+                "detectors": [{"name": "node", "source": "remote_write"}],
+            }
+        )
+        store = Store(settings.store)
+        detection = Detection(settings, store)
+        cache = SeriesCache()
+        decoding = 0.0
+
+        async def handle(body: bytes) -> None:
+            nonlocal decoding
+            began = time.process_time()
+            decoded = decode_write_request(body, MEDIA_TYPE, "snappy", cache=cache)
+            decoding += time.process_time() - began
+            await detection.write(decoded)
+
+        async def measure() -> tuple[list[float], list[float]]:
+            nonlocal decoding
+            decode_s, rest_s = [], []
+            for step, bodies in enumerate(rounds):
+                decoding, began = 0.0, time.process_time()
+                await asyncio.gather(*(handle(body) for body in bodies))
+                if step:
+                    decode_s.append(decoding)
+                    rest_s.append(time.process_time() - began - decoding)
+            return decode_s, rest_s
+
+        try:
+            return asyncio.run(measure())
+        finally:
+            detection.outbox.close()
+            store.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=10_000)
@@ -161,6 +223,14 @@ def main(argv: list[str] | None = None) -> None:
         "--rounds", type=int, default=8, help="measured scrape rounds, after one warm-up round"
     )
     parser.add_argument("--batch-requests", type=int, default=10)
+    default_batch = RemoteWriteSettings().batch_samples
+    parser.add_argument(
+        "--service-batches",
+        type=int,
+        nargs="*",
+        default=[2000, 5000],
+        help=f"batch_samples to run the service path with, besides the default ({default_batch})",
+    )
     args = parser.parse_args(argv)
 
     print(f"machine: {machine()}")
@@ -217,12 +287,15 @@ def main(argv: list[str] | None = None) -> None:
         samples_per_call = args.per_request * batch
         label = f"decode + score, {batch} request(s) (~{samples_per_call} samples) per engine call"
         print(f"{label:56s}{rate(per_round, total)}")
-        share = statistics.median(decode_s) / statistics.median(total)
-        decode_rate, score_rate = (per_round / statistics.median(s) for s in (decode_s, score_s))
-        print(
-            f"{'    of which decode / score (median round)':56s}"
-            f"{decode_rate:>12,.0f} / {score_rate:,.0f} samples/s; decode {share:.0%} of the time"
-        )
+        print(split(per_round, decode_s, score_s))
+
+    for batch_samples in sorted({default_batch, *args.service_batches}):
+        decode_s, score_s = service_rounds(v1, batch_samples)
+        total = [d + s for d, s in zip(decode_s, score_s, strict=True)]
+        default = ", the default" if batch_samples == default_batch else ""
+        label = f"service path, batches of {batch_samples} samples{default}"
+        print(f"{label:56s}{rate(per_round, total)}")
+        print(split(per_round, decode_s, score_s))
     print(f"\ntotal {time.process_time() - started:.1f} CPU s, {time.perf_counter() - wall:.1f} s wall")
 
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 
 from detector.silences import Silence
 from service import web
-from service.detection import Detection
+from service.detection import Detection, WriteFailed
 from service.prometheus import PrometheusReader
 from service.remote_write import RemoteWriteError, decode_write_request
 from service.runtime import SeriesState
@@ -120,7 +120,10 @@ def create_app(
         except RemoteWriteError as error:
             detection.metrics.dropped.labels("bad_request").inc()
             return PlainTextResponse(f"{error}\n", status_code=error.status)
-        detection.ingest_remote_write(decoded)
+        try:
+            await detection.write(decoded)  # answered once scored, with the requests queued beside it
+        except WriteFailed as error:
+            return PlainTextResponse(f"{error}\n", status_code=error.status)
         return Response(status_code=204)
 
     @app.get("/metrics")

@@ -5,6 +5,16 @@ configured detector, the Prometheus reader, the store and the self-metrics.
 The FastAPI app (``service.app``) only routes requests to it and runs its
 loops in the lifespan.  All engine work happens on the event-loop thread;
 Prometheus queries and store writes run in worker threads.
+
+Remote write
+------------
+Prometheus pushes from many shards at once, ~500–2000 samples a request, and
+an engine call costs a fixed overhead plus a small cost per sample, so each
+request is decoded as it arrives and queued; a :class:`WriteBatcher` scores
+what is queued together, one engine call per detector, and only then answers
+the requests (a 2xx still means "scored").  A detector's
+:class:`~service.remote_write.RowCache` maps the decoder's series entries to
+engine rows, so steady-state batches skip the per-sample series-table look-ups.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import numpy as np
@@ -25,14 +36,18 @@ from detector.silences import MaintenanceWindow, Matcher
 from service.exposition import SelfMetrics
 from service.outbox import Outbox, connect
 from service.prometheus import PrometheusError, PrometheusReader, RangeSeries, Sample
-from service.remote_write import DecodedWrite
-from service.runtime import DetectorRuntime, series_id
+from service.remote_write import DecodedWrite, RowCache
+from service.runtime import DetectorRuntime, last_positions, series_id
 from service.settings import DetectorSpec, ServiceSettings
 from service.silence_book import SilenceBook
 from service.sinks import build_sinks
 from service.store import Store, StoreError
 
 log = logging.getLogger(__name__)
+
+#: The row of a sample whose series a detector takes but has no state for: only
+#: stale markers of it arrived, and an ending series is not started.
+_UNTRACKED = -2
 
 
 def _flatten(series: list[RangeSeries]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -46,6 +61,126 @@ def _flatten(series: list[RangeSeries]) -> tuple[list[str], np.ndarray, np.ndarr
     x = np.concatenate([item.x for item in series])
     order = np.argsort(t, kind="stable")
     return [keys[i] for i in order], t[order], x[order]
+
+
+class WriteFailed(RuntimeError):
+    """Queued remote-write samples were not scored; the HTTP layer answers with :attr:`status`.
+
+    500 when scoring raised (the log has the traceback), 503 when the service
+    stopped before scoring them.  Prometheus retries both.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class _Queued:
+    decoded: DecodedWrite
+    scored: asyncio.Future[None]
+    since: float  # event-loop time it was queued
+
+
+class WriteBatcher:
+    """Scores queued remote-write requests together; each submitter waits for its batch.
+
+    While requests are queued a flush task runs: it waits until they hold
+    ``max_samples`` samples or the oldest has waited ``max_wait`` seconds,
+    hands whole requests, up to ``max_samples`` samples (at least one
+    request), to ``score`` in one call, and then resolves their submitters:
+    all succeed, or all get :class:`WriteFailed` if ``score`` raised.
+    ``score`` runs on the event loop, like all engine work.  A request whose
+    client went away while queued is still scored.
+
+    Examples
+    --------
+    >>> calls = []
+    >>> batcher = WriteBatcher(lambda batch: calls.append([len(d.t) for d in batch]), 10, max_wait=0.01)
+    >>> four = np.zeros(4, dtype=np.int64)
+    >>> request = DecodedWrite(["up{}"] * 4, {}, t=four, x=four, stale=four > 0, slots=four, stamps=four)
+    >>> async def three_at_once() -> None:
+    ...     await asyncio.gather(*(batcher.submit(request) for _ in range(3)))
+    >>> asyncio.run(three_at_once())
+    >>> calls
+    [[4, 4], [4]]
+    """
+
+    def __init__(
+        self, score: Callable[[list[DecodedWrite]], None], max_samples: int, max_wait: float
+    ) -> None:
+        self._score = score
+        self.max_samples = max_samples
+        self.max_wait = max_wait
+        self._queue: deque[_Queued] = deque()
+        self._queued_samples = 0
+        self._grown = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, decoded: DecodedWrite) -> None:
+        """Queue ``decoded`` and return once it is scored; raises :class:`WriteFailed` if it was not."""
+        loop = asyncio.get_running_loop()
+        queued = _Queued(decoded, loop.create_future(), loop.time())
+        self._queue.append(queued)
+        self._queued_samples += len(decoded.t)
+        if self._flusher is None or self._flusher.done():
+            self._grown = asyncio.Event()  # of this event loop, like the task
+            self._flusher = asyncio.create_task(self._flush_while_queued())
+        else:
+            self._grown.set()
+        await queued.scored
+
+    async def _flush_while_queued(self) -> None:
+        try:
+            while self._queue:
+                await self._until_due()
+                self._flush(self._take())
+        finally:
+            # Only when cancelled (the service is stopping): nothing queued waits forever.
+            self._settle(list(self._queue), WriteFailed("the service is stopping; send again", 503))
+            self._queue.clear()
+            self._queued_samples = 0
+
+    async def _until_due(self) -> None:
+        """Wait until ``max_samples`` samples are queued or the oldest request waited ``max_wait``."""
+        loop = asyncio.get_running_loop()
+        deadline = self._queue[0].since + self.max_wait
+        while self._queued_samples < self.max_samples and deadline > loop.time():
+            self._grown.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._grown.wait()
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Queued]:
+        """The oldest queued requests, as many as fit in ``max_samples`` samples (at least one)."""
+        batch = [self._queue.popleft()]
+        samples = len(batch[0].decoded.t)
+        while self._queue and samples + len(self._queue[0].decoded.t) <= self.max_samples:
+            batch.append(self._queue.popleft())
+            samples += len(batch[-1].decoded.t)
+        self._queued_samples -= samples
+        return batch
+
+    def _flush(self, batch: list[_Queued]) -> None:
+        try:
+            self._score([queued.decoded for queued in batch])
+        except Exception:
+            log.exception("scoring %d remote-write request(s) failed; answering 500", len(batch))
+            self._settle(batch, WriteFailed("scoring failed (see the service log); send again", 500))
+        else:
+            self._settle(batch, None)
+
+    @staticmethod
+    def _settle(batch: list[_Queued], error: WriteFailed | None) -> None:
+        for queued in batch:
+            if queued.scored.done():  # its request was cancelled (client gone)
+                continue
+            if error is None:
+                queued.scored.set_result(None)
+            else:
+                queued.scored.set_exception(error)
 
 
 class Detection:
@@ -77,6 +212,9 @@ class Detection:
         self.silences = SilenceBook(store, [rule.rule() for rule in settings.silences])
         self.outbox = Outbox(connect(settings.store), build_sinks(settings.sinks), clock=clock)
         self._recent: deque[AlertEvent] = deque(maxlen=500)
+        self._writes = WriteBatcher(
+            self.score_remote_write, settings.remote_write.batch_samples, settings.remote_write.batch_wait
+        )
 
     def _links_for(self, spec: DetectorSpec) -> Callable[[Sequence[SeriesFinding]], dict[str, str]]:
         """Links back for an alert: a Prometheus graph of the top series, and its page here."""
@@ -280,28 +418,64 @@ class Detection:
 
     # --- push ------------------------------------------------------------------------------
 
-    def ingest_remote_write(self, decoded: DecodedWrite) -> int:
-        """Score remote-written samples with every detector whose match selects them; returns how many."""
-        matched = np.zeros(len(decoded.keys), dtype=bool)
+    async def write(self, decoded: DecodedWrite) -> None:
+        """Score one remote-write request, with those queued beside it; returns once it is scored.
+
+        Raises :class:`WriteFailed` if it was not (scoring raised, or the service stopped).
+        """
+        if len(decoded.t):
+            await self._writes.submit(decoded)
+
+    def score_remote_write(self, batch: Sequence[DecodedWrite]) -> None:
+        """Score decoded requests with every detector whose match selects their series: one call each."""
+        decoded = DecodedWrite.concat(batch)
+        self.metrics.write_batches.observe(len(decoded.t))
+        matched = np.zeros(len(decoded.t), dtype=bool)
         for runtime in self.push_detectors:
-            accepts = {key: runtime.accepts(key, labels) for key, labels in decoded.labels.items()}
-            mask = np.fromiter((accepts[key] for key in decoded.keys), dtype=bool, count=len(decoded.keys))
-            matched |= mask
-            ended = mask & decoded.stale
-            if ended.any():
-                runtime.end({decoded.keys[i] for i in np.nonzero(ended)[0]})
-            use = np.nonzero(mask & ~decoded.stale)[0]
-            if len(use):
-                events = runtime.ingest(
-                    [decoded.keys[i] for i in use], decoded.t[use], decoded.x[use], rules=self.silences.rules
-                )
-                self.publish(events)
-                self.metrics.ingested.labels(runtime.name, "remote_write").inc(len(use))
-                self.metrics.lag.labels(runtime.name).set(self.clock() - float(decoded.t[use].max()))
+            rows = self._rows(runtime, decoded)
+            matched |= rows != RowCache.NOT_ACCEPTED
+            self._score_rows(runtime, decoded, rows)
         reasons: dict[str, int] = defaultdict(int)
         reasons["unmatched"] = int((~matched).sum())
         reasons["stale_marker"] = int((matched & decoded.stale).sum())
         for reason, count in reasons.items():
             if count:
                 self.metrics.dropped.labels(reason).inc(count)
-        return int((matched & ~decoded.stale).sum())
+
+    def _score_rows(self, runtime: DetectorRuntime, decoded: DecodedWrite, rows: np.ndarray) -> None:
+        """Score the samples with a row; then end the series whose last sample is a stale marker."""
+        use = np.nonzero((rows >= 0) & ~decoded.stale)[0]
+        if len(use):
+            t = decoded.t[use]
+            self.publish(runtime.ingest_rows(rows[use], t, decoded.x[use], rules=self.silences.rules))
+            self.metrics.ingested.labels(runtime.name, "remote_write").inc(len(use))
+            self.metrics.lag.labels(runtime.name).set(self.clock() - float(t.max()))
+        if (decoded.stale & (rows >= 0)).any():
+            tracked = np.nonzero(rows >= 0)[0]
+            last = tracked[last_positions(rows[tracked])]
+            runtime.end(decoded.keys[i] for i in last[decoded.stale[last]].tolist())
+
+    @staticmethod
+    def _rows(runtime: DetectorRuntime, decoded: DecodedWrite) -> np.ndarray:
+        """Each sample's engine row in ``runtime``: from its row cache, else looked up and cached.
+
+        ``RowCache.NOT_ACCEPTED`` where the detector does not take the series,
+        ``_UNTRACKED`` where it does but only stale markers of it ever came.
+        New series with a value get their rows here.
+        """
+        rows, known = runtime.rows.lookup(decoded.slots, decoded.stamps)
+        if known.all():
+            return rows
+        miss = np.nonzero(~known)[0]
+        keys = [decoded.keys[i] for i in miss.tolist()]
+        accepted = {key: runtime.accepts(key, decoded.labels[key]) for key in dict.fromkeys(keys)}
+        stale = decoded.stale[miss].tolist()
+        starting = [key for key, ended in zip(keys, stale, strict=True) if accepted[key] and not ended]
+        if starting:
+            runtime.register(list(dict.fromkeys(starting)))
+        table = runtime.engine.series
+        found = {key: table.get(key) if ok else RowCache.NOT_ACCEPTED for key, ok in accepted.items()}
+        rows[miss] = [_UNTRACKED if found[key] is None else found[key] for key in keys]
+        cached = miss[rows[miss] != _UNTRACKED]
+        runtime.rows.store(decoded.slots[cached], decoded.stamps[cached], rows[cached])
+        return rows

@@ -132,6 +132,12 @@ class SelfMetrics:
             ["detector"],
             registry=r,
         )
+        self.write_batches = Histogram(
+            "anomaly_detector_remote_write_batch_samples",
+            "Samples per scoring batch of queued remote_write requests (remote_write.batch_samples).",
+            buckets=(500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000),
+            registry=r,
+        )
         self.alerts = Counter(
             "anomaly_detector_alert_events",
             "Alert events emitted, by detector and change.",

@@ -4,7 +4,10 @@ Prometheus pushes snappy-compressed (block format) protobuf: remote write 1.0
 (``prometheus.WriteRequest``) or 2.0 (``io.prometheus.write.v2.Request``).
 :func:`decode_write_request` turns one request body into a :class:`DecodedWrite`
 (a series key per sample, and timestamp, value and stale-marker columns) ready for
-``engine.process(engine.register(decoded.keys), decoded.t, decoded.x)``.
+``engine.process(engine.register(decoded.keys), decoded.t, decoded.x)``.  A
+:class:`RowCache` per detector remembers the engine row of each series the
+decoder's :class:`SeriesCache` knows, so steady-state requests map samples to
+rows with two numpy look-ups instead of a dict look-up per sample.
 
 Errors
 ------
@@ -43,12 +46,15 @@ wire-compatible *views* (:mod:`service.proto`) that protobuf parses in C:
 
 from __future__ import annotations
 
+import itertools
 import operator
 import re
 import sys
+from collections import ChainMap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import cramjam
 import numpy as np
@@ -114,23 +120,53 @@ class DecodedWrite:
     stale
         True where the sample is Prometheus's stale marker (the NaN with bits
         ``0x7ff0000000000002``): the series ended, this is not a value.
+    slots, stamps
+        Per sample, its series' entry in the decoder's :class:`SeriesCache`:
+        the entry's slot (reused after the entry is evicted) and its stamp
+        (never reused), the look-up a :class:`RowCache` takes.
     histograms_skipped
         Native histogram samples in the request; this decoder does not read them.
 
     Examples
     --------
+    >>> one = np.array([0])
     >>> decoded = DecodedWrite(["up{}"], {"up{}": {"__name__": "up"}}, np.array([1.5]), np.array([1.0]),
-    ...                        np.array([False]))
+    ...                        np.array([False]), slots=one, stamps=one)
     >>> len(decoded.keys), decoded.histograms_skipped
     (1, 0)
+    >>> both = DecodedWrite.concat([decoded, decoded])
+    >>> both.keys, both.t.tolist(), both.histograms_skipped
+    (['up{}', 'up{}'], [1.5, 1.5], 0)
     """
 
     keys: list[str]
-    labels: dict[str, dict[str, str]]
+    labels: Mapping[str, dict[str, str]]
     t: np.ndarray
     x: np.ndarray
     stale: np.ndarray
+    slots: np.ndarray
+    stamps: np.ndarray
     histograms_skipped: int = 0
+
+    @classmethod
+    def concat(cls, parts: Sequence[DecodedWrite]) -> DecodedWrite:
+        """Several decoded requests as one, in order (their labels are chained, not copied)."""
+        if len(parts) == 1:
+            return parts[0]
+
+        def joined(column: str) -> np.ndarray:
+            return np.concatenate([getattr(part, column) for part in parts])
+
+        return cls(
+            keys=list(itertools.chain.from_iterable(part.keys for part in parts)),
+            labels=ChainMap(*(cast(dict[str, dict[str, str]], part.labels) for part in parts)),
+            t=joined("t"),
+            x=joined("x"),
+            stale=joined("stale"),
+            slots=joined("slots"),
+            stamps=joined("stamps"),
+            histograms_skipped=sum(part.histograms_skipped for part in parts),
+        )
 
 
 class _Series(NamedTuple):
@@ -138,18 +174,26 @@ class _Series(NamedTuple):
     labels: dict[str, str]
     samples: int
     histograms: int
+    slot: int = -1  # set by SeriesCache.put
+    stamp: int = -1
 
 
 # Per-series work runs 500 times a request: C-level getters over the cached tuples.
-_KEY, _LABELS, _SAMPLES, _HISTOGRAMS = (operator.itemgetter(i) for i in range(4))
+_KEY, _LABELS, _SAMPLES, _HISTOGRAMS, _SLOT, _STAMP = (operator.itemgetter(i) for i in range(6))
+#: Stamps of SeriesCache entries: unique in the process, so a RowCache can't mistake
+#: a new entry for an evicted one in the same slot, whichever cache it came from.
+_STAMPS = itertools.count()
 
 
 class SeriesCache:
     """Remembers series seen in earlier requests, so their labels are decoded once.
 
     Maps a series' identity as sent (its label bytes in 1.0, label strings in
-    2.0, and its number of samples and histograms) to its key and labels.  When
-    full, the oldest eighth of the entries is dropped.  An entry of a
+    2.0, and its number of samples and histograms) to its key and labels.  Each
+    entry also gets a slot, a small integer below ``max_entries`` for a
+    :class:`RowCache` to index, and a stamp that tells it from earlier holders
+    of the slot.  When full, the oldest eighth of the entries is dropped and
+    their slots are handed to new entries.  An entry of a
     node-exporter series (5–6 labels) takes about 0.9 KB, so a full default
     cache holds about 90 MB.  Safe to share between threads under the GIL.
 
@@ -177,6 +221,7 @@ class SeriesCache:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
         self.max_entries = max_entries
         self._entries: dict[object, _Series] = {}
+        self._free_slots: list[int] = []
         self.get = self._entries.get
 
     def __len__(self) -> int:
@@ -185,17 +230,85 @@ class SeriesCache:
     def clear(self) -> None:
         """Forget every series."""
         self._entries.clear()
+        self._free_slots.clear()
 
     def put(self, identity: object, series: _Series) -> _Series:
-        """Remember ``series`` under ``identity`` and return it."""
+        """Remember ``series`` under ``identity`` with a slot and stamp; return the entry.
+
+        An identity already remembered (a series sent twice in one request)
+        keeps its entry.
+        """
+        known = self._entries.get(identity)
+        if known is not None:
+            return known
         if len(self._entries) >= self.max_entries:
             for old in list(islice(self._entries, max(1, self.max_entries // 8))):
-                self._entries.pop(old, None)
-        self._entries[identity] = series
-        return series
+                self._free_slots.append(self._entries.pop(old).slot)
+        slot = self._free_slots.pop() if self._free_slots else len(self._entries)
+        entry = series._replace(slot=slot, stamp=next(_STAMPS))
+        self._entries[identity] = entry
+        return entry
 
 
 _SHARED_CACHE = SeriesCache()
+
+
+class RowCache:
+    """One detector's engine row for each :class:`SeriesCache` entry, by slot.
+
+    Holds, per slot, the stamp of the entry it was filled for and that entry's
+    row in the detector's engine, or :attr:`NOT_ACCEPTED` when the detector
+    does not take the series.  A look-up is a hit only where the stamps match,
+    so an entry evicted from the series cache, whose slot went to another
+    series, is a miss, never a wrong row.  The owner must call :meth:`forget`
+    with rows its engine released (a released row may go to another series)
+    and :meth:`clear` when it replaces or reloads its engine.
+
+    Examples
+    --------
+    >>> rows = RowCache()
+    >>> rows.store(np.array([0, 2]), np.array([10, 11]), np.array([7, RowCache.NOT_ACCEPTED]))
+    >>> found, hit = rows.lookup(np.array([2, 0, 1]), np.array([11, 10, 12]))
+    >>> found[hit].tolist(), hit.tolist()
+    ([-1, 7], [True, True, False])
+    >>> rows.forget(np.array([7]))
+    >>> rows.lookup(np.array([0]), np.array([10]))[1].tolist()
+    [False]
+    """
+
+    #: The row of a series the detector does not take.
+    NOT_ACCEPTED = -1
+
+    def __init__(self) -> None:
+        self._rows = np.zeros(0, dtype=np.int64)
+        self._stamps = np.zeros(0, dtype=np.int64)
+
+    def lookup(self, slots: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of these samples' series, and where they were known (elsewhere the row is garbage)."""
+        self._fit(slots)
+        return self._rows[slots], self._stamps[slots] == stamps
+
+    def store(self, slots: np.ndarray, stamps: np.ndarray, rows: np.ndarray) -> None:
+        """Remember the rows (or :attr:`NOT_ACCEPTED`) of these entries."""
+        self._fit(slots)
+        self._rows[slots] = rows
+        self._stamps[slots] = stamps
+
+    def forget(self, rows: np.ndarray) -> None:
+        """The engine released these rows: entries pointing at them are no longer known."""
+        if len(rows):
+            self._stamps[np.isin(self._rows, rows)] = -1
+
+    def clear(self) -> None:
+        """Know nothing (the engine was replaced or reloaded)."""
+        self._stamps[:] = -1
+
+    def _fit(self, slots: np.ndarray) -> None:
+        needed = int(slots.max()) + 1 if len(slots) else 0
+        if needed > len(self._rows):
+            more = max(needed, 2 * len(self._rows)) - len(self._rows)
+            self._rows = np.concatenate([self._rows, np.full(more, self.NOT_ACCEPTED)])
+            self._stamps = np.concatenate([self._stamps, np.full(more, -1)])
 
 
 @dataclass(frozen=True)
@@ -334,12 +447,15 @@ def decode_write_request(
     keys = list(map(_KEY, series))
     counts = list(map(_SAMPLES, series))
     n_samples = sum(counts)
+    slots = np.fromiter(map(_SLOT, series), np.int64, len(series))
+    stamps = np.fromiter(map(_STAMP, series), np.int64, len(series))
     if n_samples == len(series) and 0 not in counts:
         labels = dict(zip(keys, map(_LABELS, series), strict=True))
     else:
         labels = {entry.key: entry.labels for entry in series if entry.samples}
         keys = [key for key, count in zip(keys, counts, strict=True) for _ in range(count)]
-    stamps, x = _columns(views, raw, n_samples)
+        slots, stamps = np.repeat(slots, counts), np.repeat(stamps, counts)
+    milliseconds, x = _columns(views, raw, n_samples)
     if len(x) != n_samples:
         raise RemoteWriteError(
             f"{n_samples} samples announced but {len(x)} could be read; the body is damaged"
@@ -347,9 +463,11 @@ def decode_write_request(
     return DecodedWrite(
         keys=keys,
         labels=labels,
-        t=stamps / 1000.0,
+        t=milliseconds / 1000.0,
         x=x,
         stale=x.view(np.uint64) == STALE_NAN_BITS,
+        slots=slots,
+        stamps=stamps,
         histograms_skipped=sum(map(_HISTOGRAMS, series)),
     )
 
@@ -558,6 +676,7 @@ __all__ = [
     "V2_MESSAGE",
     "DecodedWrite",
     "RemoteWriteError",
+    "RowCache",
     "SeriesCache",
     "decode_write_request",
 ]

@@ -29,6 +29,7 @@ from detector.labels import parse_series_key
 from detector.silences import SilenceSet
 from models.base import ArrayState, FieldSpecs
 from service.history import RecentHistory
+from service.remote_write import RowCache
 from service.settings import DetectorSpec
 from service.store import Checkpoint
 
@@ -124,6 +125,8 @@ class DetectorRuntime:
         self.labels: dict[str, dict[str, str]] = {}
         self.ids: dict[str, str] = {}
         self._accepts: dict[str, bool] = {}
+        #: Engine rows of remote-written series, kept in step with the engine's series table.
+        self.rows = RowCache()
         #: Prometheus time of the newest evaluation that was scored (pull detectors).
         self.last_eval: float | None = None
         self.restored = False
@@ -148,7 +151,8 @@ class DetectorRuntime:
     def known(self, key: str) -> bool:
         return key in self.engine.series
 
-    def _register(self, keys: list[str]) -> np.ndarray:
+    def register(self, keys: list[str]) -> np.ndarray:
+        """Engine rows of these series, creating the state of new ones."""
         ids = self.engine.register(keys)
         self.latest.resize(len(self.engine.series))
         self.history.resize(len(self.engine.series))
@@ -174,10 +178,21 @@ class DetectorRuntime:
         are not learned either.  ``live=False`` replays history: the models
         learn, alert state is cleared afterwards (history is not news).
         """
-        ids = self._register(keys)
+        return self.ingest_rows(self.register(keys), t, x, live, rules)
+
+    def ingest_rows(
+        self,
+        ids: np.ndarray,
+        t: np.ndarray,
+        x: np.ndarray,
+        live: bool = True,
+        rules: SilenceSet | None = None,
+    ) -> list[AlertEvent]:
+        """:meth:`ingest` for series already registered, by engine row."""
+        keys = self.engine.series.keys
         learn = silenced = None
         if rules is not None and rules.rules:
-            labels = [self.labels[key] for key in keys]
+            labels = [self.labels[keys[row]] for row in ids.tolist()]
             silenced = rules.silenced(labels, t)
             learn = ~rules.maintenance(labels, t)
         scored = self.engine.process(ids, t, x, learn=learn, silenced=silenced)
@@ -192,8 +207,9 @@ class DetectorRuntime:
         latest = ScoredBatch(
             **{name: getattr(scored, name)[last] for name in ScoredBatch.__dataclass_fields__}
         )
+        last_keys = [keys[row] for row in ids[last].tolist()]
         return self.tracker.observe(
-            self.clock(), [keys[i] for i in last], self.labels, t[last], x[last], latest, self.model_name
+            self.clock(), last_keys, self.labels, t[last], x[last], latest, self.model_name
         )
 
     def _remember(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, scored: ScoredBatch) -> None:
@@ -232,12 +248,14 @@ class DetectorRuntime:
         """Forget series not seen for ``expire_after``; their open alerts resolve."""
         cutoff = self.clock() - self.spec.expire_after
         seen = self.latest.arrays["seen"]
-        stale = [key for key, row in self.engine.series.active().items() if seen[row] < cutoff]
+        active = self.engine.series.active()
+        stale = [key for key, row in active.items() if seen[row] < cutoff]
         if not stale:
             return []
         events = self.tracker.forget(stale, self.clock())
         if stale:
             self.engine.forget(stale)
+            self.rows.forget(np.array([active[key] for key in stale]))
             for key in stale:
                 del self.labels[key]
                 del self.ids[series_id(self.name, key)]
@@ -289,6 +307,7 @@ class DetectorRuntime:
 
     def restore(self, checkpoint: Checkpoint) -> bool:
         """Load a checkpoint; False (and cold state) if the detector's settings changed since."""
+        self.rows.clear()
         if checkpoint.fingerprint != self.spec.fingerprint():
             log.warning(
                 "detector %s: settings changed since the checkpoint; its series start cold", self.name

@@ -151,9 +151,16 @@ class SilenceSettings(_Section):
 
 
 class RemoteWriteSettings(_Section):
-    """Limits of the remote_write receiver."""
+    """Limits of the remote_write receiver, and how it batches requests for scoring.
+
+    Requests are decoded as they arrive and scored together, one engine call
+    per detector, once ``batch_samples`` samples are queued or the oldest
+    queued request has waited ``batch_wait``; each is answered after that.
+    """
 
     max_bytes: Annotated[int, Field(gt=0)] = 32 << 20
+    batch_samples: Annotated[int, Field(gt=0)] = 10_000
+    batch_wait: Duration = 0.05
 
 
 class ServiceSettings(_Section):

@@ -280,6 +280,34 @@ def test_cache_is_reused_bounded_and_does_not_change_results():
         SeriesCache(max_entries=0)
 
 
+def test_cache_slots_stay_below_max_entries_and_stamps_are_never_reused():
+    cache = SeriesCache(max_entries=16)
+    seen: dict[int, str] = {}
+    for start in range(0, 100, 10):
+        series = _node_series(100)[start : start + 10]
+        decoded = decode_write_request(_snappy(_v1(series + series[:1])), MEDIA_TYPE, "snappy", cache=cache)
+        assert decoded.slots.max() < 16 and len(decoded.slots) == len(decoded.stamps) == 11
+        assert (decoded.slots[0], decoded.stamps[0]) == (decoded.slots[-1], decoded.stamps[-1]), (
+            "a series sent twice in one request is one entry"
+        )
+        for key, stamp in zip(decoded.keys, decoded.stamps.tolist(), strict=True):
+            assert seen.setdefault(stamp, key) == key
+    assert len(cache) <= 16
+
+
+def test_decoded_requests_concatenate_in_order():
+    parts = [
+        decode_write_request(_snappy(_v1(_node_series(n, samples=2))), MEDIA_TYPE, "snappy") for n in (3, 5)
+    ]
+    both = DecodedWrite.concat(parts)
+    assert both.keys == parts[0].keys + parts[1].keys and len(both.keys) == 16
+    for column in ("t", "x", "stale", "slots", "stamps"):
+        joined = np.concatenate([getattr(part, column) for part in parts])
+        assert getattr(both, column).tolist() == joined.tolist()
+    assert {key: both.labels[key] for key in both.keys} == {**parts[0].labels, **parts[1].labels}
+    assert DecodedWrite.concat(parts[:1]) is parts[0]
+
+
 def test_decoded_write_feeds_the_engine():
     engine = build_engine(DetectorConfig())
     for step in range(3):
@@ -498,6 +526,7 @@ def test_public_surface():
         "V2_MESSAGE",
         "DecodedWrite",
         "RemoteWriteError",
+        "RowCache",
         "SeriesCache",
         "decode_write_request",
     ]
