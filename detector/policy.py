@@ -37,6 +37,7 @@ from math import comb
 from typing import ClassVar
 
 import numpy as np
+from numba import njit
 
 from detector.calibration import Direction
 from models.base import ArrayState, FieldSpecs
@@ -173,13 +174,18 @@ class AlertPolicy(ArrayState):
 
     def alpha(self, ids: np.ndarray) -> np.ndarray:
         """Per-point p-value thresholds, shape ``(len(ids), 2)``: for high and for low deviations."""
-        interval = self.arrays["interval"][ids]
-        interval = np.where(interval > 0, interval, DEFAULT_INTERVAL)
-        per_point = self.false_alerts_per_week * interval[:, None] / SECONDS_PER_WEEK
-        budget = per_point * self.arrays["budget_scale"][ids]
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), 2))
+        for side in (HIGH, LOW):
+            out[:, side] = _thresholds(
+                self.arrays["interval"], self.arrays["budget_scale"], ids, side, *self._budget_terms()
+            )
+        return out
+
+    def _budget_terms(self) -> tuple[float, int]:
+        """Budget per second of a series' life shared over the ways k of n points can line up, and k."""
         ways = comb(self.window, self.min_anomalous)
-        alpha = (budget / ways) ** (1.0 / self.min_anomalous)
-        return np.clip(alpha, 1e-7, 0.05)
+        return self.false_alerts_per_week / SECONDS_PER_WEEK / ways, self.min_anomalous
 
     def scale_budget(self, ids: np.ndarray, direction: Direction, factor: float) -> None:
         """Multiply these series' budget in ``direction`` by ``factor`` (kept in [1/64, 1]).
@@ -196,29 +202,6 @@ class AlertPolicy(ArrayState):
         for name in _ALERT_STATE:
             self.arrays[name][ids] = self.fields[name][2]
 
-    def _track_interval(self, ids: np.ndarray, t: np.ndarray) -> None:
-        gap = t - self.arrays["last_t"][ids]
-        interval = self.arrays["interval"][ids]
-        usable = np.isfinite(gap) & (gap > 0)
-        # A slow EWMA of positive gaps: robust to one missed scrape or a repeat.
-        updated = np.where(interval > 0, 0.95 * interval + 0.05 * gap, gap)
-        self.arrays["interval"][ids] = np.where(usable, updated, interval)
-        self.arrays["last_t"][ids] = np.where(np.isfinite(t), t, self.arrays["last_t"][ids])
-
-    def _counts(
-        self, sign: np.ndarray, observed: np.ndarray | None, expected: np.ndarray | None
-    ) -> np.ndarray:
-        """Whether each point's deviation goes the watched way and is large enough to matter."""
-        counts = np.ones(len(sign), dtype=bool)
-        if self.direction != "both":
-            counts &= sign > 0 if self.direction == "high" else sign < 0
-        if observed is not None and expected is not None:
-            size = np.abs(observed - expected)
-            # NaN (no expectation yet) fails the comparisons: nothing to alert on.
-            counts &= size >= self.min_deviation
-            counts &= size >= self.min_relative_deviation * np.abs(expected)
-        return counts
-
     def decide(
         self,
         ids: np.ndarray,
@@ -234,43 +217,137 @@ class AlertPolicy(ArrayState):
         value; if omitted every point counts as high); ``observed`` and
         ``expected`` are needed only for the minimum deviation.
         """
-        self._track_interval(ids, t)
-        sign = np.sign(np.ones(len(ids)) if sign is None else np.nan_to_num(sign)).astype(np.int8)
-        thresholds = self.alpha(ids)
-        alpha = np.where(sign < 0, thresholds[:, LOW], thresholds[:, HIGH])
-        known = np.isfinite(p)
-        counts = self._counts(sign, observed, expected)
-        anomalous = known & counts & (p <= alpha)
-        mask = np.uint32((1 << self.window) - 1)
-        recent = self.arrays["recent"][ids]
-        recent = np.where(known, ((recent << np.uint32(1)) | anomalous.astype(np.uint32)) & mask, recent)
-        count = np.bitwise_count(recent)
-        firing = self.arrays["firing"][ids]
-        calm = known & (~counts | (p > np.minimum(10.0 * alpha, 0.5)))
-        quiet_run = np.where(
-            calm, self.arrays["quiet_run"][ids] + 1, np.where(known, 0, self.arrays["quiet_run"][ids])
+        n = len(ids)
+        sign = np.ones(n) if sign is None else np.nan_to_num(np.asarray(sign, dtype=np.float64))
+        sized = observed is not None and expected is not None
+        size_args = (observed, expected) if sized else (np.zeros(n), np.zeros(n))
+        watched = {"both": 0, "high": 1, "low": -1}[self.direction]
+        settings = (
+            watched,
+            self.min_deviation,
+            self.min_relative_deviation,
+            self.window,
+            self.resolve_after,
+            self.cooldown,
         )
-        resolves = firing & (quiet_run >= self.resolve_after)
-        cooldown_until = np.where(resolves, t + self.cooldown, self.arrays["cooldown_until"][ids])
-        onset = ~firing & anomalous & (count >= self.min_anomalous) & (t >= cooldown_until)
-        firing = (firing & ~resolves) | onset
-        since = np.where(onset, t, np.where(firing, self.arrays["since"][ids], np.nan))
-        lowest_p = self.arrays["lowest_p"][ids]
-        worse = onset | (firing & anomalous & (p < lowest_p))
-        lowest_p = np.where(worse, p, np.where(firing, lowest_p, np.nan))
-        alert_sign = np.where(worse, sign, np.where(firing, self.arrays["alert_sign"][ids], 0))
-        self.arrays["recent"][ids] = recent
-        self.arrays["firing"][ids] = firing
-        self.arrays["quiet_run"][ids] = np.where(onset, 0, quiet_run)
-        self.arrays["cooldown_until"][ids] = cooldown_until
-        self.arrays["since"][ids] = since
-        self.arrays["lowest_p"][ids] = lowest_p
-        self.arrays["alert_sign"][ids] = alert_sign
+        thresholds = np.empty((n, 2))
+        firing, onset, since, lowest_p, alert_sign = _decide_kernel(
+            *(self.arrays[name] for name in _KERNEL_STATE),
+            np.asarray(ids, dtype=np.int64),
+            *(np.asarray(a, dtype=np.float64) for a in (t, p, sign, *size_args)),
+            sized,
+            settings,
+            self._budget_terms(),
+            thresholds,
+        )
         return AlertDecision(
             firing=firing,
             onset=onset,
             since=since,
             lowest_p=lowest_p,
-            alert_sign=alert_sign.astype(np.int8),
+            alert_sign=alert_sign,
             alpha=thresholds,
         )
+
+
+_KERNEL_STATE = (*_ALERT_STATE, "budget_scale", "interval", "last_t")
+
+
+@njit(cache=True)
+def _threshold(interval: float, scale: float, budget_per_second: float, k: int) -> float:
+    """The per-point p threshold that spends the budget over this series' sampling interval."""
+    seconds = interval if interval > 0 else DEFAULT_INTERVAL
+    return min(max((budget_per_second * seconds * scale) ** (1.0 / k), 1e-7), 0.05)
+
+
+@njit(cache=True)
+def _thresholds(interval, budget_scale, ids, side, budget_per_second, k):  # type: ignore[no-untyped-def]
+    out = np.empty(len(ids))
+    for i in range(len(ids)):
+        out[i] = _threshold(interval[ids[i]], budget_scale[ids[i], side], budget_per_second, k)
+    return out
+
+
+@njit(cache=True)
+def _popcount(bits: np.uint32) -> int:
+    count = 0
+    while bits:
+        bits &= bits - np.uint32(1)
+        count += 1
+    return count
+
+
+@njit(cache=True)
+def _decide_kernel(  # type: ignore[no-untyped-def]
+    recent,
+    firing_state,
+    quiet_run,
+    cooldown_until,
+    since_state,
+    lowest_state,
+    sign_state,
+    budget_scale,
+    interval,
+    last_t,
+    ids,
+    t,
+    p,
+    sign,
+    observed,
+    expected,
+    sized,
+    settings,
+    budget,
+    thresholds,
+):
+    """One point per series: track its sampling interval, then update its alert state.
+
+    Fills ``thresholds`` (high, low) and returns per point: firing, onset,
+    since, lowest_p and alert_sign.
+    """
+    watched, min_deviation, min_relative, window, resolve_after, cooldown = settings
+    budget_per_second, k = budget
+    mask = np.uint32((1 << window) - 1)
+    n = len(ids)
+    firing_out, onset_out = np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_)
+    since_out, lowest_out = np.full(n, np.nan), np.full(n, np.nan)
+    sign_out = np.zeros(n, dtype=np.int8)
+    for i in range(n):
+        row, now, pv = ids[i], t[i], p[i]
+        # A slow EWMA of positive gaps: robust to one missed scrape or a repeat.
+        gap = now - last_t[row]
+        if np.isfinite(gap) and gap > 0:
+            interval[row] = 0.95 * interval[row] + 0.05 * gap if interval[row] > 0 else gap
+        if np.isfinite(now):
+            last_t[row] = now
+        for side in range(2):
+            thresholds[i, side] = _threshold(interval[row], budget_scale[row, side], budget_per_second, k)
+        side_sign = np.int8(1 if sign[i] > 0 else (-1 if sign[i] < 0 else 0))
+        alpha = thresholds[i, LOW] if side_sign < 0 else thresholds[i, HIGH]
+        known = np.isfinite(pv)
+        # Whether the deviation goes the watched way and is large enough to matter;
+        # NaN (no expectation yet) fails the comparisons: nothing to alert on.
+        counts = watched == 0 or (side_sign > 0 if watched > 0 else side_sign < 0)
+        if sized:
+            size = abs(observed[i] - expected[i])
+            counts = counts and size >= min_deviation and size >= min_relative * abs(expected[i])
+        anomalous = known and counts and pv <= alpha
+        if known:
+            recent[row] = ((recent[row] << np.uint32(1)) | np.uint32(1 if anomalous else 0)) & mask
+        was_firing = firing_state[row]
+        calm = known and (not counts or pv > min(10.0 * alpha, 0.5))
+        run = quiet_run[row] + 1 if calm else (0 if known else quiet_run[row])
+        resolves = was_firing and run >= resolve_after
+        if resolves:
+            cooldown_until[row] = now + cooldown
+        onset = not was_firing and anomalous and _popcount(recent[row]) >= k and now >= cooldown_until[row]
+        firing = (was_firing and not resolves) or onset
+        since_state[row] = now if onset else (since_state[row] if firing else np.nan)
+        worse = onset or (firing and anomalous and pv < lowest_state[row])
+        lowest_state[row] = pv if worse else (lowest_state[row] if firing else np.nan)
+        sign_state[row] = side_sign if worse else (sign_state[row] if firing else np.int8(0))
+        firing_state[row] = firing
+        quiet_run[row] = 0 if onset else run
+        firing_out[i], onset_out[i] = firing, onset
+        since_out[i], lowest_out[i], sign_out[i] = since_state[row], lowest_state[row], sign_state[row]
+    return firing_out, onset_out, since_out, lowest_out, sign_out
