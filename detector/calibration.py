@@ -378,8 +378,13 @@ class TailCalibrator(ArrayState):
     def _survival(self, ids: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """P(Z >= z) and P(Z <= z) from the decayed histogram."""
         return _survival_kernel(
-            self.arrays["mass_at_or_above"], self.arrays["unit"], self.arrays["seen"], self.arrays["seed"],
-            _as_ids(ids), np.asarray(z, dtype=np.float64), float(self.warmup),
+            self.arrays["mass_at_or_above"],
+            self.arrays["unit"],
+            self.arrays["seen"],
+            self.arrays["seed"],
+            _as_ids(ids),
+            np.asarray(z, dtype=np.float64),
+            float(self.warmup),
         )
 
     def p_value(self, ids: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -418,8 +423,12 @@ class TailCalibrator(ArrayState):
         nothing, a NaN p gives a NaN edge.  Returns (upper, lower) deviations.
         """
         return _update_kernel(
-            self.arrays["mass_at_or_above"], self.arrays["unit"], self.arrays["seen"], _as_ids(ids),
-            *(np.ascontiguousarray(a, dtype=np.float64) for a in (z, weight)), self._growth,
+            self.arrays["mass_at_or_above"],
+            self.arrays["unit"],
+            self.arrays["seen"],
+            _as_ids(ids),
+            *(np.ascontiguousarray(a, dtype=np.float64) for a in (z, weight)),
+            self._growth,
             *(np.ascontiguousarray(a, dtype=np.float64) for a in (p_high, p_low)),
         )
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+from numba import njit
 
 from models.base import (
     MEAN_ABS_TO_SIGMA,
+    SCALE_FLOOR,
     ArrayState,
     Assessment,
     FieldSpecs,
     learning_rate,
-    scale_floor,
-    warmup_rate,
 )
 
 
@@ -72,38 +72,66 @@ class RobustEWMA(ArrayState):
         self._level_rate = learning_rate(halflife)
         self._scale_rate = learning_rate(scale_halflife)
 
-    def _scale(self, ids: np.ndarray) -> np.ndarray:
-        level = self.arrays["level"][ids]
-        floor = scale_floor(level)
-        return np.maximum(self.arrays["mean_abs"][ids] * MEAN_ABS_TO_SIGMA, floor)
-
     def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:
-        level = self.arrays["level"][ids]
-        scale = self._scale(ids)
-        seen = self.arrays["seen"][ids]
-        deviation = np.where(seen > 0, (x - level) / scale, 0.0)
-        return Assessment(level, scale, deviation, seen < self.warmup)
+        level, scale, deviation, warming = _assess_kernel(
+            self.arrays["level"],
+            self.arrays["mean_abs"],
+            self.arrays["seen"],
+            np.asarray(ids, dtype=np.int64),
+            np.asarray(x, dtype=np.float64),
+            float(self.warmup),
+        )
+        return Assessment(level, scale, deviation, warming)
 
     def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
-        seen = self.arrays["seen"][ids]
-        level = self.arrays["level"][ids]
-        first = seen == 0
-        level = np.where(first, x, level)
-        scale = self._scale(ids)
-        residual = x - level
-        warming = seen < self.warmup
-        # While warming nothing has been judged yet, so nothing is clipped.
-        limit = np.where(warming, np.inf, self.huber * scale)
-        clipped = np.clip(residual, -limit, limit)
-        level_rate = warmup_rate(self._level_rate, seen) * weight
-        scale_rate = warmup_rate(self._scale_rate, seen) * weight
-        self.arrays["level"][ids] = level + level_rate * clipped
-        mean_abs = self.arrays["mean_abs"][ids]
-        self.arrays["mean_abs"][ids] = mean_abs + scale_rate * (np.abs(clipped) - mean_abs)
-        self.arrays["seen"][ids] = seen + (weight > 0)
+        _learn_kernel(
+            self.arrays["level"],
+            self.arrays["mean_abs"],
+            self.arrays["seen"],
+            np.asarray(ids, dtype=np.int64),
+            np.asarray(x, dtype=np.float64),
+            np.asarray(weight, dtype=np.float64),
+            (float(self.warmup), self.huber, self._level_rate, self._scale_rate),
+        )
 
     def __repr__(self) -> str:
         return (
             f"RobustEWMA(halflife={self.halflife}, scale_halflife={self.scale_halflife}, "
             f"huber={self.huber}, warmup={self.warmup})"
         )
+
+
+@njit(cache=True)
+def _scale(level: float, mean_abs: float) -> float:
+    return max(mean_abs * MEAN_ABS_TO_SIGMA, SCALE_FLOOR * max(1.0, abs(level)))
+
+
+@njit(cache=True)
+def _assess_kernel(level, mean_abs, seen, ids, x, warmup):  # type: ignore[no-untyped-def]
+    n = len(ids)
+    expected, scale, deviation = np.empty(n), np.empty(n), np.empty(n)
+    warming = np.empty(n, dtype=np.bool_)
+    for i in range(n):
+        row = ids[i]
+        expected[i] = level[row]
+        scale[i] = _scale(level[row], mean_abs[row])
+        deviation[i] = (x[i] - expected[i]) / scale[i] if seen[row] > 0 else 0.0
+        warming[i] = seen[row] < warmup
+    return expected, scale, deviation, warming
+
+
+@njit(cache=True)
+def _learn_kernel(level, mean_abs, seen, ids, x, weight, settings):  # type: ignore[no-untyped-def]
+    warmup, huber, level_rate, scale_rate = settings
+    for i in range(len(ids)):
+        row, w = ids[i], weight[i]
+        before = seen[row]
+        start = x[i] if before == 0 else level[row]
+        # While warming nothing has been judged yet, so nothing is clipped.
+        limit = np.inf if before < warmup else huber * _scale(level[row], mean_abs[row])
+        clipped = min(max(x[i] - start, -limit), limit)
+        # A running mean until 1/rate points are seen, the EWMA rate afterwards.
+        level[row] = start + max(level_rate, 1.0 / (before + 1.0)) * w * clipped
+        mean_abs[row] += max(scale_rate, 1.0 / (before + 1.0)) * w * (abs(clipped) - mean_abs[row])
+        if w > 0:
+            seen[row] = before + 1.0

@@ -242,8 +242,10 @@ def _learn_kernel(level, mean_abs, seen, last_t, profile, spread, weekday, ids, 
         before = seen[row]
         start = x[i] if before == 0 else level[row]
         residual = x[i] - start - _shape(profile, weekday, row, t[i], period, bins, weekly)
-        limit = np.inf if before < warmup else huber * _scale(
-            level, mean_abs, spread, row, t[i], period, bins, calm_fraction
+        limit = (
+            np.inf
+            if before < warmup
+            else huber * _scale(level, mean_abs, spread, row, t[i], period, bins, calm_fraction)
         )
         clipped = min(max(residual, -limit), limit)
         level[row] = start + max(level_rate, 1.0 / (before + 1.0)) * w * clipped
