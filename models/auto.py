@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from models.base import Assessment, learning_rate
 from models.ewma import RobustEWMA
@@ -18,8 +19,20 @@ class AutoModel:
 
     Its deviation also sees slow trouble a single point does not show: an
     exponentially weighted mean of recent deviations, rescaled to unit variance
-    on normal data, and the larger of the two is reported.  A sustained shift
-    thus scores high within a few points even when no single point is extreme.
+    on independent normal data and weighted by ``shift_weight``, and the larger
+    of the two is reported.  A sustained shift thus scores high within a few
+    points even when no single point is extreme.  The weight is below 1
+    because real residuals are autocorrelated: there the mean of recent
+    deviations varies more than the independent-data rescaling assumes, and at
+    full weight it fills the calibrated tail with slow wander, so that sharp
+    anomalies (single points) get larger p-values.  (Measured on the NAB
+    development split: 0.5 keeps most of what the shift statistic finds for
+    the alert policy and raises the swept NAB score.)
+
+    The seasonal forecaster learns its daily profile over ``season_halflife=4``
+    passes (days) by default, not one: a profile and per-knot spread estimated
+    from about one day of points are noisy, which both hides real departures
+    from the daily shape and makes the choice between flat and seasonal flap.
 
     A level shift (``adopt_after`` points in a row beyond ``adopt_z`` on the same
     side) is taken as the new normal: both forecasters move their level to
@@ -51,9 +64,13 @@ class AutoModel:
         seasonal_margin: float = 0.9,
         adopt_after: int = 12,
         adopt_z: float = 3.0,
+        shift_weight: float = 0.5,
     ) -> None:
+        if shift_weight < 0:
+            raise ValueError(f"shift_weight must not be negative, got {shift_weight}")
         self.flat = flat or RobustEWMA()
-        self.seasonal = seasonal or SeasonalProfile()
+        self.seasonal = seasonal or SeasonalProfile(season_halflife=4.0)
+        self.shift_weight = shift_weight
         self.shift_halflife = shift_halflife
         self.seasonal_margin = seasonal_margin
         self.adopt_after = adopt_after
@@ -96,24 +113,34 @@ class AutoModel:
         for name, (_, initial) in self._own_specs.items():
             self.own[name][ids] = initial
 
-    def _uses_seasonal(self, ids: np.ndarray) -> np.ndarray:
-        return self.own["error_seasonal"][ids] < self.seasonal_margin * self.own["error_flat"][ids]
-
     def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:
         flat = self.flat.assess(ids, t, x)
         seasonal = self.seasonal.assess(ids, t, x)
         self._last_assessed = (ids, t, x, flat, seasonal)
-        pick = self._uses_seasonal(ids)
-        expected = np.where(pick, seasonal.expected, flat.expected)
-        scale = np.where(pick, seasonal.scale, flat.scale)
-        point = np.where(pick, seasonal.deviation, flat.deviation)
-        shift = self._next_mean_deviation(ids, point) / self._shift_norm
-        deviation = np.where(np.abs(shift) > np.abs(point), shift, point)
+        expected, scale, deviation = _combine_kernel(
+            self.own["error_flat"],
+            self.own["error_seasonal"],
+            self.own["mean_deviation"],
+            np.asarray(ids, dtype=np.int64),
+            flat.expected,
+            flat.scale,
+            flat.deviation,
+            seasonal.expected,
+            seasonal.scale,
+            seasonal.deviation,
+            self._settings(),
+        )
         return Assessment(expected, scale, deviation, flat.warming)
 
-    def _next_mean_deviation(self, ids: np.ndarray, point: np.ndarray) -> np.ndarray:
-        mean = self.own["mean_deviation"][ids]
-        return mean + self._shift_rate * (np.clip(point, -3.0, 3.0) - mean)
+    def _settings(self) -> tuple[float, float, float, float, float, float]:
+        return (
+            self.seasonal_margin,
+            self._shift_rate,
+            self.shift_weight / self._shift_norm,
+            self._error_rate,
+            self.adopt_z,
+            float(self.adopt_after),
+        )
 
     def _forecasts(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> tuple[Assessment, Assessment]:
         """Both forecasters' view of a batch about to be learned.
@@ -129,47 +156,25 @@ class AutoModel:
 
     def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
         flat, seasonal = self._forecasts(ids, t, x)
-        pick = self._uses_seasonal(ids)
-        point = np.where(pick, seasonal.deviation, flat.deviation)
-        # A point with no weight (a gap, a silenced point) teaches nothing, not even errors.
-        warm = ~flat.warming & (weight > 0)
-        mean_deviation = self.own["mean_deviation"][ids]
-        self.own["mean_deviation"][ids] = np.where(
-            warm, self._next_mean_deviation(ids, point), np.where(weight > 0, 0.0, mean_deviation)
+        _learn_kernel(
+            *(
+                self.own[name]
+                for name in ("error_flat", "error_seasonal", "mean_deviation", "run", "run_sum")
+            ),
+            self.flat.arrays["level"],
+            self.seasonal.arrays["level"],
+            np.asarray(ids, dtype=np.int64),
+            np.asarray(x, dtype=np.float64),
+            np.asarray(weight, dtype=np.float64),
+            flat.expected,
+            flat.deviation,
+            flat.warming,
+            seasonal.expected,
+            seasonal.deviation,
+            self._settings(),
         )
-        for name, assessment in (("error_flat", flat), ("error_seasonal", seasonal)):
-            error = np.abs(x - assessment.expected)
-            old = self.own[name][ids]
-            learned = np.where(flat.warming, error, old + self._error_rate * (error - old))
-            self.own[name][ids] = np.where(weight > 0, learned, old)
-        residual = x - np.where(pick, seasonal.expected, flat.expected)
-        self._adopt_shifts(ids, residual, point, warm)
         self.flat.learn(ids, t, x, weight)
         self.seasonal.learn(ids, t, x, weight)
-
-    def _adopt_shifts(
-        self, ids: np.ndarray, residual: np.ndarray, point: np.ndarray, warm: np.ndarray
-    ) -> None:
-        run = self.own["run"][ids]
-        beyond = warm & (np.abs(point) > self.adopt_z)
-        direction = np.sign(point)
-        same_side = np.sign(run) == direction
-        run = np.where(beyond, np.where(same_side, run + direction, direction), 0).astype(np.int32)
-        idle = ~warm
-        run = np.where(idle, self.own["run"][ids], run)
-        run_sum = np.where(beyond & same_side, self.own["run_sum"][ids] + residual, residual)
-        run_sum = np.where(beyond, run_sum, np.where(idle, self.own["run_sum"][ids], 0.0))
-        adopt = np.abs(run) >= self.adopt_after
-        if np.any(adopt):
-            chosen = ids[adopt]
-            offset = run_sum[adopt] / np.abs(run[adopt])
-            self.flat.arrays["level"][chosen] += offset
-            self.seasonal.arrays["level"][chosen] += offset
-            run[adopt] = 0
-            run_sum[adopt] = 0.0
-            self.own["mean_deviation"][chosen] = 0.0
-        self.own["run"][ids] = run
-        self.own["run_sum"][ids] = run_sum
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {f"flat.{k}": v for k, v in self.flat.state_dict().items()}
@@ -187,3 +192,91 @@ class AutoModel:
     def nbytes_per_series(self) -> int:
         own = sum(np.dtype(dtype).itemsize for dtype, _ in self._own_specs.values())
         return self.flat.nbytes_per_series() + self.seasonal.nbytes_per_series() + own
+
+
+@njit(cache=True)
+def _next_mean_deviation(mean: float, point: float, rate: float) -> float:
+    return mean + rate * (min(max(point, -3.0), 3.0) - mean)
+
+
+@njit(cache=True)
+def _combine_kernel(  # type: ignore[no-untyped-def]
+    error_flat,
+    error_seasonal,
+    mean_deviation,
+    ids,
+    flat_expected,
+    flat_scale,
+    flat_deviation,
+    seasonal_expected,
+    seasonal_scale,
+    seasonal_deviation,
+    settings,
+):
+    """The chosen forecaster's view of each point, and the larger of its point and shift deviations."""
+    margin, shift_rate, shift_factor = settings[0], settings[1], settings[2]
+    n = len(ids)
+    expected, scale, deviation = np.empty(n), np.empty(n), np.empty(n)
+    for i in range(n):
+        row = ids[i]
+        seasonal = error_seasonal[row] < margin * error_flat[row]
+        expected[i] = seasonal_expected[i] if seasonal else flat_expected[i]
+        scale[i] = seasonal_scale[i] if seasonal else flat_scale[i]
+        point = seasonal_deviation[i] if seasonal else flat_deviation[i]
+        shift = shift_factor * _next_mean_deviation(mean_deviation[row], point, shift_rate)
+        deviation[i] = shift if abs(shift) > abs(point) else point
+    return expected, scale, deviation
+
+
+@njit(cache=True)
+def _learn_kernel(  # type: ignore[no-untyped-def]
+    error_flat,
+    error_seasonal,
+    mean_deviation,
+    run,
+    run_sum,
+    flat_level,
+    seasonal_level,
+    ids,
+    x,
+    weight,
+    flat_expected,
+    flat_deviation,
+    flat_warming,
+    seasonal_expected,
+    seasonal_deviation,
+    settings,
+):
+    """Forecaster errors, the shift statistic, and level adoption after a sustained shift."""
+    margin, shift_rate, _, error_rate, adopt_z, adopt_after = settings
+    for i in range(len(ids)):
+        row, w = ids[i], weight[i]
+        seasonal = error_seasonal[row] < margin * error_flat[row]
+        point = seasonal_deviation[i] if seasonal else flat_deviation[i]
+        # A point with no weight (a gap, a silenced point) teaches nothing, not even errors.
+        warm = not flat_warming[i] and w > 0
+        if warm:
+            mean_deviation[row] = _next_mean_deviation(mean_deviation[row], point, shift_rate)
+        elif w > 0:
+            mean_deviation[row] = 0.0
+        if w > 0:
+            for errors, forecast in ((error_flat, flat_expected[i]), (error_seasonal, seasonal_expected[i])):
+                error = abs(x[i] - forecast)
+                errors[row] = error if flat_warming[i] else errors[row] + error_rate * (error - errors[row])
+        if not warm:
+            continue
+        residual = x[i] - (seasonal_expected[i] if seasonal else flat_expected[i])
+        side = np.sign(point)
+        if abs(point) > adopt_z:
+            if np.sign(run[row]) == side:
+                run[row] += np.int32(side)
+                run_sum[row] += residual
+            else:
+                run[row], run_sum[row] = np.int32(side), residual
+        else:
+            run[row], run_sum[row] = 0, 0.0
+        if abs(run[row]) >= adopt_after:
+            offset = run_sum[row] / abs(run[row])
+            flat_level[row] += offset
+            seasonal_level[row] += offset
+            run[row], run_sum[row], mean_deviation[row] = 0, 0.0, 0.0
