@@ -8,7 +8,6 @@ service's own ``/metrics`` (``anomaly_detector_remote_write_batch_samples``).
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +16,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
-from service.app import create_app
 from service.detection import WriteBatcher, WriteFailed
 from service.remote_write import DecodedWrite, SeriesCache, decode_write_request
 from service.settings import ServiceSettings
-from tests.support.net import free_port
 from tests.support.remote_write import HEADERS, write_request
+from tests.support.service import serve_in_thread
 
 T0 = 1.7e9
 BATCH = "anomaly_detector_remote_write_batch_samples"
@@ -40,34 +37,18 @@ def _settings(tmp_path: Path, batch_samples: int, batch_wait: float) -> ServiceS
     )
 
 
-def _serve(settings: ServiceSettings) -> Iterator[str]:
-    """The app under uvicorn in a thread on 127.0.0.1; yields its URL."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-
-
 @pytest.fixture
 def batched(tmp_path: Path) -> Iterator[str]:
     """Batches of exactly 40 samples; a smaller queue would wait 5 s."""
-    yield from _serve(_settings(tmp_path, batch_samples=40, batch_wait=5.0))
+    with serve_in_thread(_settings(tmp_path, batch_samples=40, batch_wait=5.0)) as url:
+        yield url
 
 
 @pytest.fixture
 def slow_batches(tmp_path: Path) -> Iterator[str]:
     """A queue is scored only after its oldest request waited 1 s."""
-    yield from _serve(_settings(tmp_path, batch_samples=1_000_000, batch_wait=1.0))
+    with serve_in_thread(_settings(tmp_path, batch_samples=1_000_000, batch_wait=1.0)) as url:
+        yield url
 
 
 def _body(request: int, series: int = 4, value: float = 5.0) -> bytes:

@@ -1,22 +1,42 @@
-"""Start the project's own service as a real process (``anomaly-detector run``) on loopback."""
+"""Start the project's own service on loopback: a real process (``anomaly-detector run``) or a thread."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
+
+from service.app import create_app
+from service.settings import ServiceSettings
+from tests.support.net import free_port
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+@contextmanager
+def serve_in_thread(settings: ServiceSettings) -> Iterator[str]:
+    """The app under uvicorn in a thread on 127.0.0.1; yields its URL and stops it after."""
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
 
 
 class ServiceProcess:
@@ -24,7 +44,7 @@ class ServiceProcess:
 
     def __init__(self, config: Path, log_path: Path, port: int | None = None) -> None:
         self.config = config
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None

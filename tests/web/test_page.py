@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import html
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from service.app import create_app
 from service.runtime import series_id
 from service.settings import ServiceSettings
-from tests.support.net import free_port
 from tests.support.remote_write import HEADERS, write_request
+from tests.support.service import serve_in_thread
 from tests.web.pages import (
     INSTANCES,
     SPIKING,
@@ -49,16 +46,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             ],
         }
     )
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{server.config.port}"
-    try:
+    with serve_in_thread(settings) as url:
         keys, t, x = demo_samples(end=float(int(time.time())))
         with httpx.Client(base_url=url, timeout=10) as client:
             for start in range(0, len(keys), SAMPLES_PER_REQUEST):
@@ -72,9 +60,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             alerting = client.get("/api/v1/series", params={"anomalous": "true"}).json()
         assert [s["key"] for s in alerting] == [demo_key(SPIKING)], f"expected one alert; got {alerting}"
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(20)
 
 
 def test_overview_in_a_browser_lists_only_the_spiking_series(
