@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -45,13 +47,18 @@ def load_scorer(path: Path) -> ModuleType:
     return module
 
 
-def write_onsets(result: SeriesResult, path: Path) -> None:
-    """A result file whose score is 1 exactly at the rows where an alert opened."""
+def write_scores(timestamps: list[str], scores: np.ndarray, path: Path) -> None:
+    """A result file with just the columns ``nab_score.py`` reads."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         handle.write("timestamp,anomaly_score\n")
-        for stamp, onset in zip(result.recording.timestamps, result.onset, strict=True):
-            handle.write(f"{stamp},{int(onset)}\n")
+        for stamp, value in zip(timestamps, scores, strict=True):
+            handle.write(f"{stamp},{value:.15g}\n")
+
+
+def write_onsets(result: SeriesResult, path: Path) -> None:
+    """A result file whose score is 1 exactly at the rows where an alert opened."""
+    write_scores(result.recording.timestamps, result.onset.astype(np.float64), path)
 
 
 def score(scorer: ModuleType, results: Path, threshold: float | None) -> dict[str, float]:
