@@ -92,7 +92,7 @@ def create_app(
         app.state.detection = detection
         tasks = [asyncio.create_task(detection.pull_loop(r)) for r in detection.pull_detectors]
         tasks.append(asyncio.create_task(detection.checkpoint_loop()))
-        tasks.append(asyncio.create_task(detection.delivery_loop()))
+        tasks.append(asyncio.create_task(detection.outbox.run(keep_finished=settings.outbox_retention)))
         try:
             yield
         finally:

@@ -287,15 +287,6 @@ class Detection:
         self.store.record_feedback(incident_id, verdict, self.clock(), event.to_dict())
         return event
 
-    async def delivery_loop(self, period: float = 1.0) -> None:
-        """Deliver due outbox rows forever (network I/O in a worker thread)."""
-        while True:
-            try:
-                await asyncio.to_thread(self.outbox.deliver_due)
-            except Exception:
-                log.exception("alert delivery pass failed; retrying")
-            await asyncio.sleep(period)
-
     @property
     def pull_detectors(self) -> list[DetectorRuntime]:
         return [r for r in self.runtimes.values() if r.spec.source == "pull"]

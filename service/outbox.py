@@ -491,19 +491,39 @@ class Outbox:
                 row.attempts + 1,
             )
 
-    async def run(self, interval: float = 1.0, limit: int = 100) -> None:
+    async def run(
+        self,
+        interval: float = 1.0,
+        limit: int = 100,
+        keep_finished: float | None = None,
+        prune_every: float = 3600.0,
+    ) -> None:
         """Deliver forever from asyncio, each pass in a worker thread; cancel the task to stop.
 
         Sleeps ``interval`` between passes, less when a delivery falls due
-        sooner, none when a pass stopped at ``limit`` with more waiting.
+        sooner, none when a pass stopped at ``limit`` with more waiting.  A pass
+        that fails (the store cannot be read, say) is logged and retried after
+        ``interval``: the loop itself never dies.  With ``keep_finished`` (in
+        seconds), deliveries that finished longer ago than that are deleted,
+        at most once per ``prune_every`` seconds, so the store does not grow
+        without end; pending deliveries are never deleted.
         """
+        pruned_at = -math.inf
         while True:
-            report = await asyncio.to_thread(self.deliver_due, limit)
             delay = interval
-            if report.limited:
-                delay = 0.0
-            elif report.next_due is not None and report.next_due > self.clock():
-                delay = min(interval, report.next_due - self.clock())
+            try:
+                if keep_finished is not None and self.clock() - pruned_at >= prune_every:
+                    pruned_at = self.clock()
+                    removed = await asyncio.to_thread(self.prune, pruned_at - keep_finished)
+                    if removed:
+                        logger.info("outbox: deleted %d deliveries finished before the retention", removed)
+                report = await asyncio.to_thread(self.deliver_due, limit)
+                if report.limited:
+                    delay = 0.0
+                elif report.next_due is not None and report.next_due > self.clock():
+                    delay = min(interval, report.next_due - self.clock())
+            except Exception:
+                logger.exception("alert delivery pass failed; retrying in %.0f s", interval)
             await asyncio.sleep(delay)
 
     # --- reading -----------------------------------------------------------------------------------

@@ -175,6 +175,7 @@ class ServiceSettings(_Section):
     sinks: list[SinkConfig] = Field(default_factory=list)
     silences: list[SilenceSettings] = Field(default_factory=list)
     history_points: Annotated[int, Field(ge=0)] = 240
+    outbox_retention: Duration = 7 * 86400.0
 
     @field_validator("sinks", mode="before")
     @classmethod

@@ -66,11 +66,15 @@ def _metric(url: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def _post_all(url: str, bodies: list[bytes]) -> list[httpx.Response]:
+async def _post_all(url: str, bodies: list[bytes], stagger: float = 0.0) -> list[httpx.Response]:
+    """Post all bodies concurrently, the i-th after ``i * stagger`` seconds (to fix their arrival order)."""
     async with httpx.AsyncClient(base_url=url, timeout=20) as client:
-        return await asyncio.gather(
-            *(client.post("/api/v1/write", content=b, headers=HEADERS) for b in bodies)
-        )
+
+        async def post(index: int, body: bytes) -> httpx.Response:
+            await asyncio.sleep(index * stagger)
+            return await client.post("/api/v1/write", content=body, headers=HEADERS)
+
+        return await asyncio.gather(*(post(i, b) for i, b in enumerate(bodies)))
 
 
 def _series(url: str) -> dict[str, dict[str, Any]]:
@@ -78,7 +82,8 @@ def _series(url: str) -> dict[str, dict[str, Any]]:
 
 
 def test_concurrent_requests_are_scored_in_one_batch_in_order(batched: str) -> None:
-    responses = asyncio.run(_post_all(batched, [_body(request) for request in range(8)]))
+    # Concurrent connections arrive in any order; 0.2 s apart they arrive in request order.
+    responses = asyncio.run(_post_all(batched, [_body(request) for request in range(8)], stagger=0.2))
     assert [r.status_code for r in responses] == [204] * 8, [r.text for r in responses]
     assert _metric(batched, f"{BATCH}_count") == 1
     assert _metric(batched, f"{BATCH}_sum") == 40

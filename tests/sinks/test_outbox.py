@@ -387,3 +387,51 @@ def test_sink_names_and_backoff_settings_are_checked(
         Outbox(connection, [_hook(receiver), _hook(receiver)])
     with pytest.raises(ValueError, match="need 0 < base_backoff <= max_backoff"):
         Outbox(connection, [_hook(receiver)], max_backoff=1, base_backoff=5)
+
+
+def test_run_deletes_finished_deliveries_after_the_retention(
+    receiver: Receiver, connection: sqlite3.Connection, clock: FakeClock
+) -> None:
+    outbox = Outbox(connection, [_hook(receiver)], clock=clock)
+    outbox.enqueue(_event("old"))
+    outbox.deliver_due()
+    clock.advance(8 * 86400)
+    receiver.down()
+    outbox.enqueue(_event("waiting"))
+
+    async def main() -> None:
+        task = asyncio.create_task(outbox.run(interval=0.02, keep_finished=7 * 86400))
+        deadline = time.monotonic() + 20
+        while outbox.deliveries(["old/1/hook"]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    outbox.close()
+    assert outbox.deliveries(["old/1/hook"]) == []
+    assert [(d.incident_id, d.state) for d in outbox.recent()] == [("waiting", "pending")]
+
+
+def test_run_survives_a_failing_pass(
+    receiver: Receiver, database: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = connect(database)
+    outbox = Outbox(broken, [_hook(receiver)])
+    broken.close()  # every pass now fails to read the store
+
+    async def main() -> None:
+        task = asyncio.create_task(outbox.run(interval=0.02))
+        deadline = time.monotonic() + 20
+        while caplog.text.count("alert delivery pass failed") < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.ERROR, logger="service.outbox"):
+        asyncio.run(main())
+    outbox.close()
+    assert caplog.text.count("alert delivery pass failed; retrying in 0 s") >= 2
