@@ -2,12 +2,16 @@
 
 A calibrated score makes an alert budget mean something.  If an SRE accepts
 about ``false_alerts_per_week`` false alerts per series, and an alert needs
-``min_anomalous`` anomalous points among the last ``window``, then on normal
-data (independent p-values) an alert opens at a given point with probability
-about ``C(window, min_anomalous) * alpha ** min_anomalous``.  Setting that equal
-to the budget per point (from the series' own sampling interval) gives the
-per-point threshold ``alpha``.  Real residuals are a little autocorrelated, so
-the budget is a target, not a guarantee; the backtest reports what it was.
+``min_anomalous`` (k) anomalous points among the last ``window`` (w), then on
+normal data (independent p-values) an alert opens at a given point with
+probability about ``C(w - 1, k - 1) * alpha ** k`` (the point itself and k - 1
+of the w - 1 before it).  The threshold ``alpha`` is set from
+``C(w, k) * alpha ** k`` = the budget per point (from the series' own sampling
+interval): a little stricter, on purpose, because real residuals are
+autocorrelated, so anomalous points come in pairs more often than independence
+says.  The budget is a target, not a guarantee; the backtest reports what it
+was (on ``replay_data/``, about twice the budget: clustering outweighs the
+margin).
 
 A point is anomalous only if its p-value is at most ``alpha`` *and* its
 deviation goes the watched ``direction`` *and* it is large enough to matter
@@ -183,7 +187,7 @@ class AlertPolicy(ArrayState):
         return out
 
     def _budget_terms(self) -> tuple[float, int]:
-        """Budget per second of a series' life shared over the ways k of n points can line up, and k."""
+        """Budget per second shared over the C(w, k) ways k of w points line up (see the module), and k."""
         ways = comb(self.window, self.min_anomalous)
         return self.false_alerts_per_week / SECONDS_PER_WEEK / ways, self.min_anomalous
 
