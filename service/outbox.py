@@ -516,7 +516,9 @@ class Outbox:
                     pruned_at = self.clock()
                     removed = await asyncio.to_thread(self.prune, pruned_at - keep_finished)
                     if removed:
-                        logger.info("outbox: deleted %d deliveries finished before the retention", removed)
+                        logger.info(
+                            "outbox: deleted %d deliveries finished over %.0f s ago", removed, keep_finished
+                        )
                 report = await asyncio.to_thread(self.deliver_due, limit)
                 if report.limited:
                     delay = 0.0
