@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -311,20 +312,29 @@ def test_a_sink_that_cannot_format_fails_only_its_delivery(
     assert _only(outbox, "inc-1/1/broken").last_error == "cannot build the request: KeyError('graph')"
 
 
-def test_run_delivers_from_asyncio(receiver: Receiver, connection: sqlite3.Connection) -> None:
-    outbox = Outbox(connection, [_hook(receiver)])
+def _run_until(outbox: Outbox, done: Callable[[], bool], **options: float) -> None:
+    """Run ``outbox.run(**options)`` as an asyncio task until ``done()`` (at most 20 s), then cancel it.
+
+    The loop must still be running when it is cancelled.
+    """
 
     async def main() -> None:
-        task = asyncio.create_task(outbox.run(interval=0.05))
-        outbox.enqueue(_event())
+        task = asyncio.create_task(outbox.run(**options))
         deadline = time.monotonic() + 20
-        while not _accepted(receiver) and time.monotonic() < deadline:
+        while not done() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        assert not task.done()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
+
+
+def test_run_delivers_from_asyncio(receiver: Receiver, connection: sqlite3.Connection) -> None:
+    outbox = Outbox(connection, [_hook(receiver)])
+    outbox.enqueue(_event())
+    _run_until(outbox, lambda: bool(_accepted(receiver)), interval=0.05)
     outbox.close()
     assert _accepted(receiver) == ["inc-1/1/hook"]
 
@@ -399,16 +409,7 @@ def test_run_deletes_finished_deliveries_after_the_retention(
     receiver.down()
     outbox.enqueue(_event("waiting"))
 
-    async def main() -> None:
-        task = asyncio.create_task(outbox.run(interval=0.02, keep_finished=7 * 86400))
-        deadline = time.monotonic() + 20
-        while outbox.deliveries(["old/1/hook"]) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    _run_until(outbox, lambda: not outbox.deliveries(["old/1/hook"]), interval=0.02, keep_finished=7 * 86400)
     outbox.close()
     assert outbox.deliveries(["old/1/hook"]) == []
     assert [(d.incident_id, d.state) for d in outbox.recent()] == [("waiting", "pending")]
@@ -421,17 +422,7 @@ def test_run_survives_a_failing_pass(
     outbox = Outbox(broken, [_hook(receiver)])
     broken.close()  # every pass now fails to read the store
 
-    async def main() -> None:
-        task = asyncio.create_task(outbox.run(interval=0.02))
-        deadline = time.monotonic() + 20
-        while caplog.text.count("alert delivery pass failed") < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert not task.done()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
     with caplog.at_level(logging.ERROR, logger="service.outbox"):
-        asyncio.run(main())
+        _run_until(outbox, lambda: caplog.text.count("alert delivery pass failed") >= 2, interval=0.02)
     outbox.close()
     assert caplog.text.count("alert delivery pass failed; retrying in 0 s") >= 2
