@@ -55,10 +55,7 @@ _WIDTH = float(_EDGES[1] - _EDGES[0])
 _CENTERS = 0.5 * (_EDGES[:-1] + _EDGES[1:])
 #: Deviations at the edges: where a band ends.
 _EDGE_Z = np.sinh(_EDGES)
-#: Past points needed beyond a deviation for the empirical tail to be trusted.
-_TAIL_SUPPORT = 1.0
-#: Mass (as a fraction, or at least this many points) used to fit the tail.
-_TAIL_FIT_FRACTION = 0.02
+#: Points used to fit the tail at least (see ``tail_fit_fraction``).
 _TAIL_FIT_POINTS = 10.0
 _RESCALE_AT = 1e12
 #: Decades below the fitting threshold that a light-tailed GPD fit is trusted.
@@ -116,6 +113,8 @@ def _survival_kernel(
     ids: np.ndarray,
     z: np.ndarray,
     warmup: float,
+    tail_support: float,
+    tail_fit_fraction: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """P(Z >= z) and P(Z <= z) of each deviation under its series' histogram.
 
@@ -151,10 +150,10 @@ def _survival_kernel(
             # makes the p-value uniform anyway.
             if (at_mass - beyond_mass) > 0.5 * total:
                 depth = _splitmix(seeds[row], np.uint64(cells[i, 4] * 4.0 + (1 if upper else 0)))
-            value, thin = _bin_survival(at_mass, beyond_mass, total, count, depth)
+            value, thin = _bin_survival(at_mass, beyond_mass, total, count, depth, tail_support)
             if thin:
                 far = position[i] if upper else -position[i]
-                value = _extrapolate(stored, row, cells[i, 3], far, upper)
+                value = _extrapolate(stored, row, cells[i, 3], far, upper, tail_fit_fraction)
             value = min(max(value, floor), 1.0)
             if upper:
                 high[i] = value
@@ -164,13 +163,13 @@ def _survival_kernel(
 
 
 @njit(cache=True)
-def _bin_survival(at_mass: float, beyond_mass: float, total: float, count: float, depth: float):  # type: ignore[no-untyped-def]
+def _bin_survival(at_mass: float, beyond_mass: float, total: float, count: float, depth: float, support: float):  # type: ignore[no-untyped-def]
     """Survival at ``depth`` (0..1) into a bin, interpolated geometrically, and whether it is thin."""
     if not count > 0:
         return 1.0, False
     at_bin, beyond_bin = at_mass / total, beyond_mass / total
     value = at_bin * (beyond_bin / at_bin) ** depth if beyond_bin > 0 else at_bin * (1.0 - depth)
-    return value, value * count < _TAIL_SUPPORT
+    return value, value * count < support
 
 
 @njit(cache=True)
@@ -269,7 +268,7 @@ def _tail_mass(stored: np.ndarray, row: int, k: int, upper: bool) -> float:
 
 
 @njit(cache=True)
-def _extrapolate(stored: np.ndarray, row: int, unit: float, u: float, upper: bool) -> float:
+def _extrapolate(stored: np.ndarray, row: int, unit: float, u: float, upper: bool, fit_fraction: float) -> float:
     """Generalised Pareto tail in u fitted to the top of one side of the histogram (SPOT).
 
     The shape and scale come from the method of moments on the excesses over
@@ -278,7 +277,7 @@ def _extrapolate(stored: np.ndarray, row: int, unit: float, u: float, upper: boo
     """
     total = stored[row, 0]
     count = total / unit
-    need = min(max(_TAIL_FIT_FRACTION * total, _TAIL_FIT_POINTS * total / count), total)
+    need = min(max(fit_fraction * total, _TAIL_FIT_POINTS * total / count), total)
     # Threshold: the highest edge with at least `need` mass at or beyond it.
     threshold_bin = 0
     for k in range(_BINS - 1, -1, -1):
@@ -321,6 +320,14 @@ class TailCalibrator(ArrayState):
     direction
         ``"both"`` (two-sided, ``p = 2 min(P(Z >= z), P(Z <= z))``), ``"high"``
         or ``"low"``.
+    tail_support
+        Past points needed beyond a deviation for the empirical tail to be
+        trusted there; beyond that, the fitted tail answers.
+    tail_fit_fraction
+        Share of the mass (at least 10 points) the generalised-Pareto tail is
+        fitted to.  The defaults suit per-point scores, which have thousands
+        of points; a calibration of rarer things (the policy's episode peaks,
+        a few hundred) trusts the fit sooner and fits it to more of the mass.
 
     Examples
     --------
@@ -336,7 +343,14 @@ class TailCalibrator(ArrayState):
     True
     """
 
-    def __init__(self, memory: float = 10_000.0, warmup: int = 100, direction: Direction = "both"):
+    def __init__(
+        self,
+        memory: float = 10_000.0,
+        warmup: int = 100,
+        direction: Direction = "both",
+        tail_support: float = 1.0,
+        tail_fit_fraction: float = 0.02,
+    ):
         if memory < 10:
             raise ValueError(f"calibration memory must be at least 10 points, got {memory}")
         if direction not in ("both", "high", "low"):
@@ -344,6 +358,8 @@ class TailCalibrator(ArrayState):
         self.memory = memory
         self.warmup = warmup
         self.direction: Direction = direction
+        self.tail_support = tail_support
+        self.tail_fit_fraction = tail_fit_fraction
         self._growth = 1.0 / (1.0 - 1.0 / memory)
         super().__init__()
 
@@ -385,6 +401,8 @@ class TailCalibrator(ArrayState):
             _as_ids(ids),
             np.asarray(z, dtype=np.float64),
             float(self.warmup),
+            self.tail_support,
+            self.tail_fit_fraction,
         )
 
     def p_value(self, ids: np.ndarray, z: np.ndarray) -> np.ndarray:

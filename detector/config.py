@@ -5,7 +5,7 @@ The file is small and every key is optional::
     model: auto            # auto, ewma, seasonal, quantile or changepoint
     model_params: {}       # the model's constructor arguments
     calibration: {memory: 10000, warmup: 100}
-    alerting: {false_alerts_per_week: 1.0, min_anomalous: 2, window: 3,
+    alerting: {false_alerts_per_week: 1.0,   # or false_alerts_per_day: N (whole detector)
                resolve_after: 3, cooldown: 30m, direction: both,
                min_deviation: 0, min_relative_deviation: 0,
                group_by: [job], group_window: 2m, refresh_interval: 1m}
@@ -138,15 +138,14 @@ class AlertingConfig(_Section):
 
     Examples
     --------
-    >>> AlertingConfig(cooldown="2h", window=5).cooldown
+    >>> AlertingConfig(cooldown="2h", false_alerts_per_day=2).cooldown
     7200.0
     >>> AlertingConfig().group_by, AlertingConfig(group_window="5m").group_window
     (['job'], 300.0)
     """
 
-    false_alerts_per_week: Annotated[float, Field(gt=0)] = 1.0
-    min_anomalous: Annotated[int, Field(ge=1)] = 2
-    window: Annotated[int, Field(ge=1, le=32)] = 3
+    false_alerts_per_week: Annotated[float, Field(gt=0)] | None = None
+    false_alerts_per_day: Annotated[float, Field(gt=0)] | None = None
     resolve_after: Annotated[int, Field(ge=1)] = 3
     cooldown: Duration = 1800.0
     direction: Literal["both", "high", "low"] = "both"
@@ -173,12 +172,24 @@ class AlertingConfig(_Section):
             )
         return seconds
 
-    @model_validator(mode="after")
-    def _persistence_fits_window(self) -> AlertingConfig:
-        if self.min_anomalous > self.window:
+    @model_validator(mode="before")
+    @classmethod
+    def _no_point_counting(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and {"min_anomalous", "window"} & set(data):
             raise ValueError(
-                f"min_anomalous ({self.min_anomalous}) exceeds window ({self.window}); "
-                "raise window or lower min_anomalous"
+                "min_anomalous and window are gone: how much persistence a series needs is now measured "
+                "on the series itself (see detector/policy.py); remove them and set the budget "
+                "(false_alerts_per_week or false_alerts_per_day)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> AlertingConfig:
+        if self.false_alerts_per_week is not None and self.false_alerts_per_day is not None:
+            raise ValueError(
+                f"false_alerts_per_week ({self.false_alerts_per_week:g}, per series) and false_alerts_per_day "
+                f"({self.false_alerts_per_day:g}, for the whole detector) are both set; keep one: "
+                "false_alerts_per_day for a page rate that does not grow with the number of series"
             )
         return self
 

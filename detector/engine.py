@@ -2,9 +2,11 @@
 
 One direction of flow, for a whole batch at once::
 
-    series table -> model.assess -> calibration -> alert policy
+    series table -> repeat filter (a sample seen before is not new evidence)
+                 -> model.assess -> whitening (the deviation's own autocorrelation)
+                 -> calibration -> alert policy
                  -> model.learn (weighted: don't learn from what you flag)
-                 -> calibration.learn
+                 -> calibration.learn -> band (clipped to the series' domain)
 
 Backtest and live service call the same :meth:`Engine.process`; only where the
 samples come from and where the results go differ.  The live service adds two
@@ -22,7 +24,10 @@ import numpy as np
 from numba import njit
 
 from detector.calibration import Direction, TailCalibrator
+from detector.domain import ValueDomain
 from detector.policy import HIGH, LOW, AlertPolicy
+from detector.repeats import RepeatFilter
+from detector.whitening import ResidualWhitener
 from models.base import OnlineModel
 
 
@@ -32,8 +37,10 @@ class ScoredBatch:
 
     ``alert`` is whether the point's series is alerting after it, ``onset``
     whether this point opened the alert.  ``decided`` is false where the policy
-    made no decision (a gap, or a silenced point): there the alert state is as
-    it was, and a silenced point reports no alert.  For alerting series,
+    made no decision (a gap, a repeated sample, or a silenced point): there the
+    alert state is as it was, and a silenced point reports no alert.
+    ``repeat`` marks samples already seen (scored for display, not learned,
+    not counted).  For alerting series,
     ``since`` is when the alert opened, ``lowest_p`` its most extreme p-value
     so far and ``alert_sign`` that point's side (+1 high, -1 low); NaN, NaN and
     0 otherwise.  ``interval`` is the series' estimated sampling interval in
@@ -50,6 +57,7 @@ class ScoredBatch:
     alert: np.ndarray
     onset: np.ndarray
     decided: np.ndarray
+    repeat: np.ndarray
     since: np.ndarray
     lowest_p: np.ndarray
     alert_sign: np.ndarray
@@ -180,6 +188,9 @@ class Engine:
         self.calibrator = calibrator
         self.policy = policy
         self.protect_below = protect_below
+        self.repeats = RepeatFilter()
+        self.whitener = ResidualWhitener()
+        self.domain = ValueDomain()
         self.series = SeriesTable()
         self.integer_valued = np.zeros(0, dtype=bool)
 
@@ -190,7 +201,7 @@ class Engine:
         ids = self.series.ids(keys)
         after = len(self.series)
         if after > before:
-            for component in (self.model, self.calibrator, self.policy):
+            for component in self._components().values():
                 component.resize(after)
             grown = np.ones(after, dtype=bool)
             grown[:before] = self.integer_valued[:before]
@@ -202,10 +213,11 @@ class Engine:
                 self._reset(reused)
             seeds = np.array([series_seed(self.series.keys[i]) for i in new], dtype=np.uint64)
             self.calibrator.set_seeds(new, seeds)
+            self.policy.set_series_count(len(self.series.active()))
         return ids
 
     def _reset(self, ids: np.ndarray) -> None:
-        for component in (self.model, self.calibrator, self.policy):
+        for component in self._components().values():
             component.reset(ids)
         self.integer_valued[ids] = True
 
@@ -214,6 +226,7 @@ class Engine:
         rows = self.series.release(keys)
         if len(rows):
             self._reset(rows)
+            self.policy.set_series_count(len(self.series.active()))
 
     def quiet(self, ids: np.ndarray) -> None:
         """Clear alert state (not learning) of these series, e.g. after replaying their history."""
@@ -267,9 +280,19 @@ class Engine:
             component.load_state_dict({k[start:]: v for k, v in state.items() if k.startswith(prefix + ".")})
         self.series = SeriesTable([str(key) for key in state["engine.keys"]])
         self.integer_valued = np.asarray(state["engine.integer_valued"], dtype=bool).copy()
+        self.policy.set_series_count(len(self.series.active()))
 
-    def _components(self) -> dict[str, OnlineModel | TailCalibrator | AlertPolicy]:
-        return {"model": self.model, "calibrator": self.calibrator, "policy": self.policy}
+    def _components(
+        self,
+    ) -> dict[str, OnlineModel | TailCalibrator | AlertPolicy | RepeatFilter | ResidualWhitener | ValueDomain]:
+        return {
+            "model": self.model,
+            "calibrator": self.calibrator,
+            "policy": self.policy,
+            "repeats": self.repeats,
+            "whitener": self.whitener,
+            "domain": self.domain,
+        }
 
     def _count_dither(self, ids: np.ndarray, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Uniform half-unit noise for series that have only ever been integers.
@@ -327,42 +350,48 @@ class Engine:
         self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, learn: np.ndarray, silenced: np.ndarray
     ) -> ScoredBatch:
         valid = np.isfinite(x)
+        repeat = ~self.repeats.new(ids, t, x)
+        fresh = valid & ~repeat
+        self.domain.observe(ids, np.where(fresh, x, np.nan))
         safe_x = np.where(valid, x, 0.0)
         safe_x = safe_x + self._count_dither(ids, safe_x, valid)
         assessment = self.model.assess(ids, t, safe_x)
         model_warm = valid & ~assessment.warming
-        z = np.where(model_warm, assessment.deviation, 0.0)
+        model_z = np.where(model_warm, assessment.deviation, 0.0)
+        innovation, forecast = self.whitener.whiten(ids, model_z)
+        z = np.where(model_warm, innovation, 0.0)
+        scale = assessment.scale
+        expected = assessment.expected + np.where(model_warm, forecast, 0.0) * scale
         p = np.where(model_warm, self.calibrator.p_value(ids, z), 1.0)
         p = np.where(valid, p, np.nan)
-        decided = valid & ~silenced
-        decision = self.policy.decide(
-            ids, t, np.where(decided, p, np.nan), sign=z, observed=x, expected=assessment.expected
-        )
+        decided = fresh & ~silenced
+        decision = self.policy.decide(ids, t, np.where(decided, p, np.nan), sign=z, observed=x, expected=expected)
         weight = np.where(model_warm, np.clip(p / self.protect_below, 0.0, 1.0), 1.0)
-        self.model.learn(ids, t, safe_x, np.where(valid & learn, weight, 0.0))
+        self.model.learn(ids, t, safe_x, np.where(fresh & learn, weight, 0.0))
+        self.whitener.learn(ids, np.where(model_warm & fresh, model_z, np.nan), np.where(learn, weight, 0.0))
         two_sided = 2.0 if self.calibrator.direction == "both" else 1.0
         upper_z, lower_z = self.calibrator.learn_and_band(
             ids,
             z,
-            (model_warm & learn).astype(np.float64),
-            decision.alpha[:, HIGH] / two_sided,
-            decision.alpha[:, LOW] / two_sided,
+            (model_warm & fresh & learn).astype(np.float64),
+            decision.band_p[:, HIGH] / two_sided,
+            decision.band_p[:, LOW] / two_sided,
         )
-        scale = assessment.scale
         # No band until both the model and the calibration have something to say.
         banded = ~assessment.warming & (self.calibrator.effective_count(ids) > 0)
         alert = decision.firing & ~silenced
         return ScoredBatch(
             anomaly_score=np.where(valid, 1.0 - np.nan_to_num(p, nan=1.0), 0.0),
             p_value=p,
-            deviation=np.where(model_warm, assessment.deviation, np.nan),
-            expected=assessment.expected,
-            lower=np.where(banded, assessment.expected + lower_z * scale, np.nan),
-            upper=np.where(banded, assessment.expected + upper_z * scale, np.nan),
+            deviation=np.where(model_warm, z, np.nan),
+            expected=self.domain.clip(ids, expected),
+            lower=self.domain.clip(ids, np.where(banded, expected + lower_z * scale, np.nan)),
+            upper=self.domain.clip(ids, np.where(banded, expected + upper_z * scale, np.nan)),
             warming=assessment.warming | self.calibrator.warming(ids),
             alert=alert,
             onset=decision.onset,
             decided=decided,
+            repeat=repeat & valid,
             since=np.where(alert, decision.since, np.nan),
             lowest_p=np.where(alert, decision.lowest_p, np.nan),
             alert_sign=np.where(alert, decision.alert_sign, 0).astype(np.int8),

@@ -1,59 +1,134 @@
-"""The default alert decision: a budget of false alerts, persistence, cool-down.
+"""The default alert decision: evidence that accumulates, calibrated as episodes.
 
-A calibrated score makes an alert budget mean something.  If an SRE accepts
-about ``false_alerts_per_week`` false alerts per series, and an alert needs
-``min_anomalous`` (k) anomalous points among the last ``window`` (w), then on
-normal data (independent p-values) an alert opens at a given point with
-probability about ``C(w - 1, k - 1) * alpha ** k`` (the point itself and k - 1
-of the w - 1 before it).  The threshold ``alpha`` is set from
-``C(w, k) * alpha ** k`` = the budget per point (from the series' own sampling
-interval): a little stricter, on purpose, because real residuals are
-autocorrelated, so anomalous points come in pairs more often than independence
-says.  The budget is a target, not a guarantee; the backtest reports what it
-was (on ``replay_data/``, about twice the budget: clustering outweighs the
-margin).
+What the budget means
+---------------------
+``false_alerts_per_week`` (per series) or ``false_alerts_per_day`` (across
+every series of the detector) is the number of alert *onsets* a team should
+get from ordinary behaviour.  It holds, about, on any series whose recent past
+is like its present: independent or autocorrelated noise, seasonal, drifting,
+sawtooth-shaped, heavy-tailed or count-valued data, and samples repeated
+because they were evaluated faster than scraped (the engine drops repeats
+before they reach the policy).  It is spent over the series' own sampling
+interval, so it means the same at 15 s and at 1 min.  It does not hold while a
+series is warming up (its first few hundred points, when the policy assumes
+independent p-values, see below), and it cannot hold for behaviour the series
+has never shown: that is what an alert is for.
 
-A point is anomalous only if its p-value is at most ``alpha`` *and* its
-deviation goes the watched ``direction`` *and* it is large enough to matter
-(``min_deviation`` in the series' units, ``min_relative_deviation`` as a
-fraction of the expected value): on a flat series a wiggle of 0.1% can be very
-improbable and still not worth a page.
+How
+---
+Each point's calibrated p-value is evidence ``e = -log p`` (about Exp(1) on
+normal data, large when the point is unusual).  A CUSUM per side adds up the
+evidence beyond what normal data gives, ``C = max(0, C + e - d)`` with
+``d = -log 0.05``: one very unusual point and several moderately unusual ones
+in a row both make C large, and an ordinary point lets it drain.  An
+*episode* is a run of points with C above zero (extended while an alert
+fires); its *peak* is the largest C it reached.
+
+Persistence rules that count anomalous points ("2 of 3") assume neighbouring
+points are independent; real residuals are not, and a sample evaluated four
+times would count four times.  So instead of deriving a threshold from an
+independence assumption, the policy measures what it needs on each series
+itself, the way peaks-over-threshold declustering does in extreme value
+statistics: a decayed count of how often episodes start (``episodes`` per
+``points``), and the distribution of episode peaks, kept in the same decayed
+histogram with a generalised-Pareto tail that calibrates the per-point scores
+(:class:`detector.calibration.TailCalibrator`, here over the last
+:data:`EPISODE_MEMORY` episodes).  An alert opens when an episode's running
+peak reaches the level ``h`` at which
+
+    episode rate x P(peak >= h) = budget
+
+so the rate of alert onsets is the budget whatever the autocorrelation: an
+autocorrelated series has fewer, longer episodes with higher peaks, and its
+``h`` rises to match.  An episode opens at most one alert.  Until a series has
+seen enough episodes of its own, a prior that is exact for independent
+p-values stands in (about one episode per 21 points, peaks near Exp(1)); it
+weighs as :data:`PRIOR_EPISODES` episodes and fades as real ones arrive.
+
+An episode that alerted is learned as if it had peaked where it crossed
+``h``: it counts as one episode that reached the alert level (so the rate
+stays honest), but a 100-sigma outage does not stretch the tail and make the
+next one harder to see.
+
+A point counts as evidence only if its deviation goes the watched
+``direction`` and is large enough to matter (``min_deviation`` in the
+series' units, ``min_relative_deviation`` as a fraction of the expected
+value): on a flat series a wiggle of 0.1% can be very improbable and still not
+worth a page.
+
+An alert resolves after ``resolve_after`` consecutive points that add no
+evidence (p above 0.05, or a deviation that does not count): hysteresis, so it
+does not flap.  A new alert cannot open for ``cooldown`` seconds after, so one
+incident is one alert.  While an alert fires the policy keeps when it opened
+(``since``), the most extreme p-value of its episode (``lowest_p``) and that
+point's side (``alert_sign``): what an explanation needs.
 
 Feedback makes the budget per series and per direction: each false positive
 halves the series' budget in that direction (down to 1/64 of the configured
-one), so that series needs a rarer deviation that way before it alerts again;
-a confirmed incident doubles it back (up to the configured budget).  The
-scales live in the policy's state arrays (``budget_scale``, columns high and
-low), so they are checkpointed with the engine and can be shown by the API.
+one), so that series needs a rarer episode that way before it alerts again; a
+confirmed incident doubles it back (up to the configured budget).  The scales
+live in the policy's state arrays (``budget_scale``, columns high and low), so
+they are checkpointed with the engine and can be shown by the API.
 
-An alert resolves after ``resolve_after`` consecutive points that are clearly
-normal (p above ``10 * alpha``, or a deviation that does not count: hysteresis,
-so it does not flap), and a new one cannot open for ``cooldown`` seconds after,
-so one incident is one alert.  While an alert fires the policy keeps when it
-opened (``since``), its most extreme p-value (``lowest_p``) and that point's
-side (``alert_sign``): what an explanation needs.
+The band drawn around the expected value is where a deviation held for
+:data:`BAND_POINTS` samples in a row would open an alert.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import comb
 from typing import ClassVar
 
 import numpy as np
 from numba import njit
 
-from detector.calibration import Direction
+from detector.calibration import Direction, TailCalibrator
 from models.base import ArrayState, FieldSpecs
 
 SECONDS_PER_WEEK = 7 * 24 * 3600.0
+SECONDS_PER_DAY = 24 * 3600.0
 #: Before a series' sampling interval is known, assume Prometheus's default.
 DEFAULT_INTERVAL = 60.0
-#: Columns of ``budget_scale`` and of :attr:`AlertDecision.alpha`.
+#: Columns of ``budget_scale`` and of :attr:`AlertDecision.band_p`.
 HIGH, LOW = 0, 1
 #: The smallest share of the configured budget feedback can leave a series (six false positives).
 MIN_BUDGET_SCALE = 1.0 / 64.0
-_ALERT_STATE = ("recent", "firing", "quiet_run", "cooldown_until", "since", "lowest_p", "alert_sign")
+#: A point whose p-value is above this adds no evidence: the CUSUM's drift is ``-log`` of it.
+EVIDENCE_P = 0.05
+_DRIFT = -float(np.log(EVIDENCE_P))
+#: Episodes whose peaks the policy remembers (decayed), per series.
+EPISODE_MEMORY = 1000.0
+#: Episodes beyond a level needed to trust their count there, and the share of them the tail is fitted to.
+PEAK_TAIL_SUPPORT = 10.0
+PEAK_TAIL_FIT = 0.25
+#: Points over which the episode rate is measured (decayed), per series.
+POINT_MEMORY = 10_000.0
+#: How many episodes the independent-data prior weighs, and its episode rate per point.
+PRIOR_EPISODES = 50
+PRIOR_RATE = 1.0 / 21.0
+#: Peaks are stored as ``sinh(PEAK_UNIT * peak - 8)``: the histogram's asinh axis, -8 to 8, is then
+#: linear in the peak, from 0 to :data:`MAX_LEVEL`, the highest alert level a series can need.
+PEAK_UNIT = 0.25
+MAX_LEVEL = 16.0 / PEAK_UNIT
+
+
+def _peak_axis(peak: np.ndarray) -> np.ndarray:
+    """Episode peaks as the deviations the peak histogram stores."""
+    return np.sinh(PEAK_UNIT * np.asarray(peak, dtype=np.float64) - 8.0)
+#: The band is where a deviation this many samples long would open an alert.
+BAND_POINTS = 3
+_ALERT_STATE = (
+    "evidence",
+    "in_episode",
+    "peak",
+    "onset_level",
+    "firing",
+    "quiet_run",
+    "cooldown_until",
+    "since",
+    "lowest_p",
+    "alert_sign",
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +137,9 @@ class AlertDecision:
 
     ``firing`` and ``onset`` (the point that opened an alert) are per point;
     ``since``, ``lowest_p`` and ``alert_sign`` describe each firing series'
-    alert (NaN, NaN, 0 when not firing); ``alpha`` holds each point's
-    thresholds for high and low deviations (columns :data:`HIGH`, :data:`LOW`).
+    alert (NaN, NaN, 0 when not firing); ``band_p`` holds, for each point, the
+    two-sided p-value at which its band is drawn, for high and low deviations
+    (columns :data:`HIGH`, :data:`LOW`).
     """
 
     firing: np.ndarray
@@ -71,7 +147,20 @@ class AlertDecision:
     since: np.ndarray
     lowest_p: np.ndarray
     alert_sign: np.ndarray
-    alpha: np.ndarray
+    band_p: np.ndarray
+
+
+def _prior_peaks() -> TailCalibrator:
+    """One row of episode peaks as independent p-values give them (about Exp(1), a little heavier)."""
+    prior = TailCalibrator(
+        memory=EPISODE_MEMORY, warmup=0, direction="high", tail_support=PEAK_TAIL_SUPPORT, tail_fit_fraction=PEAK_TAIL_FIT
+    )
+    prior.resize(1)
+    quantiles = (np.arange(PRIOR_EPISODES) + 0.5) / PRIOR_EPISODES
+    peaks = -1.1 * np.log(quantiles)
+    for peak in peaks:
+        prior.learn(np.zeros(1, dtype=np.int64), _peak_axis(np.array([peak])), np.ones(1))
+    return prior
 
 
 class AlertPolicy(ArrayState):
@@ -80,38 +169,44 @@ class AlertPolicy(ArrayState):
     Parameters
     ----------
     false_alerts_per_week
-        The budget: about this many alerts per series per week on normal data.
-    min_anomalous, window
-        Persistence: an alert needs ``min_anomalous`` anomalous points among
-        the last ``window`` (so a single noisy point never pages).
+        The budget per series: about this many alert onsets per series per
+        week on ordinary data (see the module docstring for when it holds).
+        Default 1 when neither budget is given.
+    false_alerts_per_day
+        The budget per detector instead: about this many alert onsets per day
+        across all its series, shared equally among the series it watches
+        (:meth:`set_series_count`).  Give one budget or the other.
     resolve_after
-        Consecutive clearly-normal points that resolve a firing alert.
+        Consecutive points adding no evidence that resolve a firing alert.
     cooldown
         Seconds after a resolution during which no new alert opens.
     direction
         Which deviations may alert: ``"both"``, ``"high"`` (above the expected
         value) or ``"low"``.
     min_deviation
-        Smallest ``|observed - expected|``, in the series' units, that may alert.
+        Smallest ``|observed - expected|``, in the series' units, that counts.
     min_relative_deviation
-        Smallest ``|observed - expected| / |expected|`` that may alert.
+        Smallest ``|observed - expected| / |expected|`` that counts.
 
     Examples
     --------
+    One very unusual point, or a few moderately unusual ones in a row, open an
+    alert; three ordinary points resolve it:
+
     >>> import numpy as np
-    >>> policy = AlertPolicy(false_alerts_per_week=1, min_anomalous=2, window=3)
+    >>> policy = AlertPolicy(false_alerts_per_week=1)
     >>> policy.resize(1)
     >>> ids = np.array([0])
     >>> fired = []
-    >>> for step, p in enumerate([0.5, 1e-6, 0.5, 1e-6, 1e-6, 0.5, 0.5, 0.5, 0.5]):
+    >>> for step, p in enumerate([0.5, 1e-3, 0.5, 1e-3, 1e-3, 1e-3, 0.5, 0.5, 0.5, 0.5]):
     ...     decision = policy.decide(ids, np.array([60.0 * step]), np.array([p]))
     ...     fired.append(int(decision.firing[0]))
     >>> fired
-    [0, 0, 0, 1, 1, 1, 1, 0, 0]
+    [0, 0, 0, 0, 0, 1, 1, 1, 0, 0]
 
     Only rising deviations of at least 5 units count for this one:
 
-    >>> policy = AlertPolicy(min_anomalous=1, window=1, direction="high", min_deviation=5.0)
+    >>> policy = AlertPolicy(direction="high", min_deviation=5.0)
     >>> policy.resize(3)
     >>> decision = policy.decide(
     ...     np.arange(3), np.zeros(3), p=np.full(3, 1e-9), sign=np.array([1, -1, 1]),
@@ -127,13 +222,20 @@ class AlertPolicy(ArrayState):
     """
 
     fields: ClassVar[FieldSpecs] = {
-        "recent": (np.uint32, (), 0),
+        "evidence": (np.float64, (2,), 0.0),
+        "in_episode": (np.bool_, (), False),
+        "peak": (np.float64, (), 0.0),
+        "onset_level": (np.float64, (), np.nan),
         "firing": (np.bool_, (), False),
         "quiet_run": (np.int32, (), 0),
         "cooldown_until": (np.float64, (), -np.inf),
         "since": (np.float64, (), np.nan),
         "lowest_p": (np.float64, (), np.nan),
         "alert_sign": (np.int8, (), 0),
+        "episodes": (np.float64, (), float(PRIOR_EPISODES)),
+        "points": (np.float64, (), PRIOR_EPISODES / PRIOR_RATE),
+        "level": (np.float64, (2,), np.nan),
+        "level_stale": (np.bool_, (), True),
         "budget_scale": (np.float64, (2,), 1.0),
         "interval": (np.float64, (), 0.0),
         "last_t": (np.float64, (), np.nan),
@@ -141,24 +243,26 @@ class AlertPolicy(ArrayState):
 
     def __init__(
         self,
-        false_alerts_per_week: float = 1.0,
-        min_anomalous: int = 2,
-        window: int = 3,
+        false_alerts_per_week: float | None = None,
+        false_alerts_per_day: float | None = None,
         resolve_after: int = 3,
         cooldown: float = 1800.0,
         direction: Direction = "both",
         min_deviation: float = 0.0,
         min_relative_deviation: float = 0.0,
     ) -> None:
-        if not 1 <= min_anomalous <= window <= 32:
+        if false_alerts_per_week is not None and false_alerts_per_day is not None:
             raise ValueError(
-                f"persistence needs 1 <= min_anomalous <= window <= 32, got {min_anomalous} of {window}"
+                "give false_alerts_per_week (per series) or false_alerts_per_day (per detector), not both; "
+                "keep false_alerts_per_day for a budget that does not grow with the number of series"
             )
-        if false_alerts_per_week <= 0:
-            raise ValueError(
-                f"false_alerts_per_week must be positive, got {false_alerts_per_week}; "
-                "to silence a series use a silence, not a zero budget"
-            )
+        for name, budget in (("false_alerts_per_week", false_alerts_per_week), ("false_alerts_per_day", false_alerts_per_day)):
+            if budget is not None and not budget > 0:
+                raise ValueError(
+                    f"{name} must be positive, got {budget}; to silence a series use a silence, not a zero budget"
+                )
+        if resolve_after < 1:
+            raise ValueError(f"resolve_after must be at least 1 point, got {resolve_after}")
         if direction not in ("both", "high", "low"):
             raise ValueError(f"direction must be 'both', 'high' or 'low', got {direction!r}")
         if min_deviation < 0 or min_relative_deviation < 0:
@@ -166,30 +270,39 @@ class AlertPolicy(ArrayState):
                 f"min_deviation and min_relative_deviation must not be negative, "
                 f"got {min_deviation} and {min_relative_deviation}"
             )
+        self.peaks = TailCalibrator(
+        memory=EPISODE_MEMORY, warmup=0, direction="high", tail_support=PEAK_TAIL_SUPPORT, tail_fit_fraction=PEAK_TAIL_FIT
+    )
         super().__init__()
+        if false_alerts_per_week is None and false_alerts_per_day is None:
+            false_alerts_per_week = 1.0
         self.false_alerts_per_week = false_alerts_per_week
-        self.min_anomalous = min_anomalous
-        self.window = window
+        self.false_alerts_per_day = false_alerts_per_day
         self.resolve_after = resolve_after
         self.cooldown = cooldown
         self.direction: Direction = direction
         self.min_deviation = min_deviation
         self.min_relative_deviation = min_relative_deviation
+        self._prior = _prior_peaks()
+        self._series_count = 1
+        self._budget_count = 1
 
-    def alpha(self, ids: np.ndarray) -> np.ndarray:
-        """Per-point p-value thresholds, shape ``(len(ids), 2)``: for high and for low deviations."""
-        ids = np.asarray(ids, dtype=np.int64)
-        out = np.empty((len(ids), 2))
-        for side in (HIGH, LOW):
-            out[:, side] = _thresholds(
-                self.arrays["interval"], self.arrays["budget_scale"], ids, side, *self._budget_terms()
-            )
-        return out
+    # -- budget ---------------------------------------------------------------
 
-    def _budget_terms(self) -> tuple[float, int]:
-        """Budget per second shared over the C(w, k) ways k of w points line up (see the module), and k."""
-        ways = comb(self.window, self.min_anomalous)
-        return self.false_alerts_per_week / SECONDS_PER_WEEK / ways, self.min_anomalous
+    def set_series_count(self, count: int) -> None:
+        """How many series the detector watches: a per-detector budget is shared among them."""
+        self._series_count = max(int(count), 1)
+        if self.false_alerts_per_day is not None and abs(self._series_count - self._budget_count) > 0.1 * self._budget_count:
+            self._budget_count = self._series_count
+            self.arrays["level_stale"][:] = True
+
+    @property
+    def budget_per_second(self) -> float:
+        """False alert onsets per series per second that the budget allows."""
+        if self.false_alerts_per_day is not None:
+            return self.false_alerts_per_day / SECONDS_PER_DAY / self._budget_count
+        assert self.false_alerts_per_week is not None
+        return self.false_alerts_per_week / SECONDS_PER_WEEK
 
     def scale_budget(self, ids: np.ndarray, direction: Direction, factor: float) -> None:
         """Multiply these series' budget in ``direction`` by ``factor`` (kept in [1/64, 1]).
@@ -200,11 +313,72 @@ class AlertPolicy(ArrayState):
         rows = np.asarray(ids, dtype=np.int64)
         scale = self.arrays["budget_scale"]
         scale[rows, columns] = np.clip(scale[rows, columns] * factor, MIN_BUDGET_SCALE, 1.0)
+        self.arrays["level_stale"][rows] = True
+
+    def alert_levels(self, ids: np.ndarray) -> np.ndarray:
+        """The peak each series' episodes must reach to alert, shape ``(len(ids), 2)`` (high, low)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self._refresh_levels(ids)
+        return self.arrays["level"][ids]
+
+    def _refresh_levels(self, ids: np.ndarray) -> None:
+        """Solve episode rate x P(peak >= level) = budget per point for series whose level is stale."""
+        rows = np.unique(ids[self.arrays["level_stale"][ids]])
+        if not len(rows):
+            return
+        interval = self.arrays["interval"][rows]
+        seconds = np.where(interval > 0, interval, DEFAULT_INTERVAL)
+        rate = self.arrays["episodes"][rows] / self.arrays["points"][rows]
+        both = np.concatenate([rows, rows])
+        target = np.concatenate([self.arrays["budget_scale"][rows, side] for side in (HIGH, LOW)])
+        target *= np.tile(self.budget_per_second * seconds / np.maximum(rate, 1e-12), 2)
+        low, high = np.zeros(len(both)), np.full(len(both), MAX_LEVEL)
+        for _ in range(20):
+            middle = 0.5 * (low + high)
+            rare_enough = self.peaks.p_value(both, _peak_axis(middle)) <= target
+            high = np.where(rare_enough, middle, high)
+            low = np.where(rare_enough, low, middle)
+        self.arrays["level"][rows] = high.reshape(2, -1).T
+        self.arrays["level_stale"][rows] = False
+
+    # -- state ----------------------------------------------------------------
+
+    def resize(self, n_series: int) -> None:
+        old = self.n_series
+        super().resize(n_series)
+        self.peaks.resize(n_series)
+        if self.n_series > old:
+            self._start_peaks(np.arange(old, self.n_series))
+
+    def reset(self, ids: np.ndarray) -> None:
+        super().reset(ids)
+        self.peaks.reset(ids)
+        self._start_peaks(np.asarray(ids, dtype=np.int64))
+
+    def _start_peaks(self, rows: np.ndarray) -> None:
+        for name, value in self._prior.arrays.items():
+            if name != "seed":
+                self.peaks.arrays[name][rows] = value[0]
+        self.peaks.arrays["seed"][rows] = rows.astype(np.uint64)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = super().state_dict()
+        state.update({f"peaks.{name}": value for name, value in self.peaks.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        super().load_state_dict({k: v for k, v in state.items() if not k.startswith("peaks.")})
+        self.peaks.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("peaks.")})
+
+    def nbytes_per_series(self) -> int:
+        return super().nbytes_per_series() + self.peaks.nbytes_per_series()
 
     def quiet(self, ids: np.ndarray) -> None:
-        """Clear alert state but keep what was learned (sampling interval, feedback)."""
+        """Clear alert state but keep what was learned (episodes, sampling interval, feedback)."""
         for name in _ALERT_STATE:
             self.arrays[name][ids] = self.fields[name][2]
+
+    # -- deciding -------------------------------------------------------------
 
     def decide(
         self,
@@ -215,12 +389,14 @@ class AlertPolicy(ArrayState):
         observed: np.ndarray | None = None,
         expected: np.ndarray | None = None,
     ) -> AlertDecision:
-        """Update alert state with each point's p-value (NaN: no decision, no change).
+        """Update alert state with each point's p-value (NaN p or t: no decision, no change).
 
-        ``sign`` is the side of each deviation (positive: above the expected
-        value; if omitted every point counts as high); ``observed`` and
-        ``expected`` are needed only for the minimum deviation.
+        Each series at most once per batch.  ``sign`` is the side of each
+        deviation (positive: above the expected value; if omitted every point
+        counts as high); ``observed`` and ``expected`` are needed only for the
+        minimum deviation.
         """
+        ids = np.asarray(ids, dtype=np.int64)
         n = len(ids)
         sign = np.ones(n) if sign is None else np.nan_to_num(np.asarray(sign, dtype=np.float64))
         sized = observed is not None and expected is not None
@@ -230,67 +406,56 @@ class AlertPolicy(ArrayState):
             watched,
             self.min_deviation,
             self.min_relative_deviation,
-            self.window,
             self.resolve_after,
             self.cooldown,
+            1.0 - 1.0 / POINT_MEMORY,
         )
-        thresholds = np.empty((n, 2))
+        self._refresh_levels(ids)
+        band_p = np.empty((n, 2))
+        learned = np.full(n, np.nan)
         firing, onset, since, lowest_p, alert_sign = _decide_kernel(
             *(self.arrays[name] for name in _KERNEL_STATE),
-            np.asarray(ids, dtype=np.int64),
+            ids,
             *(np.asarray(a, dtype=np.float64) for a in (t, p, sign, *size_args)),
             sized,
             settings,
-            self._budget_terms(),
-            thresholds,
+            band_p,
+            learned,
         )
+        ended = ~np.isnan(learned)
+        if ended.any():
+            rows = ids[ended]
+            self.peaks.learn(rows, _peak_axis(learned[ended]), np.ones(len(rows)))
+            self.arrays["level_stale"][rows] = True
         return AlertDecision(
             firing=firing,
             onset=onset,
             since=since,
             lowest_p=lowest_p,
             alert_sign=alert_sign,
-            alpha=thresholds,
+            band_p=band_p,
         )
 
 
-_KERNEL_STATE = (*_ALERT_STATE, "budget_scale", "interval", "last_t")
-
-
-@njit(cache=True)
-def _threshold(interval: float, scale: float, budget_per_second: float, k: int) -> float:
-    """The per-point p threshold that spends the budget over this series' sampling interval."""
-    seconds = interval if interval > 0 else DEFAULT_INTERVAL
-    return min(max((budget_per_second * seconds * scale) ** (1.0 / k), 1e-7), 0.05)
-
-
-@njit(cache=True)
-def _thresholds(interval, budget_scale, ids, side, budget_per_second, k):  # type: ignore[no-untyped-def]
-    out = np.empty(len(ids))
-    for i in range(len(ids)):
-        out[i] = _threshold(interval[ids[i]], budget_scale[ids[i], side], budget_per_second, k)
-    return out
-
-
-@njit(cache=True)
-def _popcount(bits: np.uint32) -> int:
-    count = 0
-    while bits:
-        bits &= bits - np.uint32(1)
-        count += 1
-    return count
+_KERNEL_STATE = (*_ALERT_STATE, "episodes", "points", "level", "level_stale", "interval", "last_t")
 
 
 @njit(cache=True)
 def _decide_kernel(  # type: ignore[no-untyped-def]
-    recent,
+    evidence,
+    in_episode,
+    peak,
+    onset_level,
     firing_state,
     quiet_run,
     cooldown_until,
     since_state,
     lowest_state,
     sign_state,
-    budget_scale,
+    episodes,
+    points,
+    level,
+    level_stale,
     interval,
     last_t,
     ids,
@@ -301,57 +466,104 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
     expected,
     sized,
     settings,
-    budget,
-    thresholds,
+    band_p,
+    learned,
 ):
-    """One point per series: track its sampling interval, then update its alert state.
+    """One point per series: track its sampling interval, its evidence and episode, then its alert.
 
-    Fills ``thresholds`` (high, low) and returns per point: firing, onset,
-    since, lowest_p and alert_sign.
+    Fills ``band_p`` (high, low) and, for series whose episode ended,
+    ``learned`` (the peak to learn); returns per point: firing, onset, since,
+    lowest_p and alert_sign.
     """
-    watched, min_deviation, min_relative, window, resolve_after, cooldown = settings
-    budget_per_second, k = budget
-    mask = np.uint32((1 << window) - 1)
+    watched, min_deviation, min_relative, resolve_after, cooldown, keep = settings
     n = len(ids)
     firing_out, onset_out = np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_)
     since_out, lowest_out = np.full(n, np.nan), np.full(n, np.nan)
     sign_out = np.zeros(n, dtype=np.int8)
     for i in range(n):
         row, now, pv = ids[i], t[i], p[i]
-        # A slow EWMA of positive gaps: robust to one missed scrape or a repeat.
-        gap = now - last_t[row]
-        if np.isfinite(gap) and gap > 0:
-            interval[row] = 0.95 * interval[row] + 0.05 * gap if interval[row] > 0 else gap
-        if np.isfinite(now):
-            last_t[row] = now
         for side in range(2):
-            thresholds[i, side] = _threshold(interval[row], budget_scale[row, side], budget_per_second, k)
-        side_sign = np.int8(1 if sign[i] > 0 else (-1 if sign[i] < 0 else 0))
-        alpha = thresholds[i, LOW] if side_sign < 0 else thresholds[i, HIGH]
-        known = np.isfinite(pv)
-        # Whether the deviation goes the watched way and is large enough to matter;
-        # NaN (no expectation yet) fails the comparisons: nothing to alert on.
-        counts = watched == 0 or (side_sign > 0 if watched > 0 else side_sign < 0)
-        if sized:
-            size = abs(observed[i] - expected[i])
-            counts = counts and size >= min_deviation and size >= min_relative * abs(expected[i])
-        anomalous = known and counts and pv <= alpha
-        if known:
-            recent[row] = ((recent[row] << np.uint32(1)) | np.uint32(1 if anomalous else 0)) & mask
-        was_firing = firing_state[row]
-        calm = known and (not counts or pv > min(10.0 * alpha, 0.5))
-        run = quiet_run[row] + 1 if calm else (0 if known else quiet_run[row])
-        resolves = was_firing and run >= resolve_after
-        if resolves:
-            cooldown_until[row] = now + cooldown
-        onset = not was_firing and anomalous and _popcount(recent[row]) >= k and now >= cooldown_until[row]
-        firing = (was_firing and not resolves) or onset
-        since_state[row] = now if onset else (since_state[row] if firing else np.nan)
-        worse = onset or (firing and anomalous and pv < lowest_state[row])
-        lowest_state[row] = pv if worse else (lowest_state[row] if firing else np.nan)
-        sign_state[row] = side_sign if worse else (sign_state[row] if firing else np.int8(0))
-        firing_state[row] = firing
-        quiet_run[row] = 0 if onset else run
-        firing_out[i], onset_out[i] = firing, onset
-        since_out[i], lowest_out[i], sign_out[i] = since_state[row], lowest_state[row], sign_state[row]
+            band_p[i, side] = min(np.exp(-(_DRIFT + level[row, side] / BAND_POINTS)), 1.0)
+        if np.isfinite(pv) and np.isfinite(now):
+            _judge(
+                evidence, in_episode, peak, onset_level, firing_state, quiet_run, cooldown_until,
+                since_state, lowest_state, sign_state, episodes, points, level, level_stale,
+                interval, last_t, row, now, pv, sign[i], observed[i], expected[i], sized,
+                watched, min_deviation, min_relative, resolve_after, cooldown, keep, onset_out, learned, i,
+            )  # fmt: skip
+        firing = firing_state[row]
+        firing_out[i] = firing
+        if firing:
+            since_out[i], lowest_out[i], sign_out[i] = since_state[row], lowest_state[row], sign_state[row]
     return firing_out, onset_out, since_out, lowest_out, sign_out
+
+
+@njit(cache=True)
+def _judge(  # type: ignore[no-untyped-def]
+    evidence, in_episode, peak, onset_level, firing_state, quiet_run, cooldown_until,
+    since_state, lowest_state, sign_state, episodes, points, level, level_stale,
+    interval, last_t, row, now, pv, deviation_sign, observed, expected, sized,
+    watched, min_deviation, min_relative, resolve_after, cooldown, keep, onset_out, learned, i,
+):  # fmt: skip
+    """One decided point of one series (see :func:`_decide_kernel`)."""
+    # A slow EWMA of positive gaps, each capped at 4 intervals: robust to a missed scrape or an outage.
+    gap = now - last_t[row]
+    if np.isfinite(gap) and gap > 0:
+        if interval[row] > 0:
+            interval[row] = 0.95 * interval[row] + 0.05 * min(gap, 4.0 * interval[row])
+        else:
+            interval[row] = gap
+            level_stale[row] = True
+    last_t[row] = now
+    side_sign = 1 if deviation_sign > 0 else (-1 if deviation_sign < 0 else 0)
+    # Whether the deviation goes the watched way and is large enough to matter;
+    # NaN (no expectation yet) fails the comparisons: no evidence.
+    counts = watched == 0 or (side_sign > 0 if watched > 0 else side_sign < 0)
+    if sized:
+        size = abs(observed - expected)
+        counts = counts and size >= min_deviation and size >= min_relative * abs(expected)
+    strength = -np.log(max(pv, 1e-300)) if counts else 0.0
+    before = max(evidence[row, 0], evidence[row, 1])
+    evidence[row, 0] = max(0.0, evidence[row, 0] + (strength if side_sign > 0 else 0.0) - _DRIFT)
+    evidence[row, 1] = max(0.0, evidence[row, 1] + (strength if side_sign < 0 else 0.0) - _DRIFT)
+    now_level = max(evidence[row, 0], evidence[row, 1])
+    points[row] = points[row] * keep + 1.0
+    episodes[row] *= keep
+    if now_level > 0 and not in_episode[row]:
+        in_episode[row] = True
+        episodes[row] += 1.0
+        peak[row] = 0.0
+        onset_level[row] = np.nan
+        lowest_state[row] = np.inf
+    if in_episode[row] and counts and pv < lowest_state[row]:
+        lowest_state[row] = pv
+        sign_state[row] = np.int8(side_sign)
+    peak[row] = max(peak[row], now_level)
+    was_firing = firing_state[row]
+    calm = not counts or pv > EVIDENCE_P
+    run = quiet_run[row] + 1 if calm else 0
+    resolves = was_firing and run >= resolve_after
+    if resolves:
+        cooldown_until[row] = now + cooldown
+        evidence[row, 0] = 0.0
+        evidence[row, 1] = 0.0
+        now_level = 0.0
+    side = 0 if evidence[row, 0] >= evidence[row, 1] else 1
+    onset = (
+        not was_firing
+        and now_level > 0
+        and now_level >= level[row, side]
+        and now >= cooldown_until[row]
+    )
+    if onset:
+        onset_level[row] = now_level
+        since_state[row] = now
+    firing = (was_firing and not resolves) or onset
+    firing_state[row] = firing
+    quiet_run[row] = 0 if onset else run
+    onset_out[i] = onset
+    if not firing:
+        since_state[row] = np.nan
+    if in_episode[row] and now_level == 0 and not firing:
+        in_episode[row] = False
+        learned[i] = peak[row] if np.isnan(onset_level[row]) else onset_level[row]
