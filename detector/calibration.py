@@ -60,6 +60,9 @@ _TAIL_FIT_POINTS = 10.0
 _RESCALE_AT = 1e12
 #: Decades below the fitting threshold that a light-tailed GPD fit is trusted.
 _TRUSTED_DECADES = 2.0
+#: Decades beyond one-in-(points remembered) that a p-value may claim.
+_EXTRAPOLATION_DECADES = 2.0
+_MAX_HAZARD = 4.0
 
 
 #: Halvings that narrow 0 .. _BINS down to one edge.
@@ -93,8 +96,16 @@ def _bin_of(z: float) -> tuple[float, int]:
 
 
 @njit(cache=True)
-def _floor(seen: float, warmup: float) -> float:
-    """No p-value below 1/(seen+1) while warming up: five points cannot be sure."""
+def _floor(seen: float, warmup: float, count: float) -> float:
+    """The smallest p-value the past supports.
+
+    While warming up, 1/(seen+1): five points cannot be sure.  After, at most
+    :data:`_EXTRAPOLATION_DECADES` decades beyond the one-in-``count`` the
+    histogram can see: the fitted tail says how far out a point is, but no
+    fit of ten thousand points knows a one-in-a-billion event from a
+    one-in-a-million one, and p-values claimed that small would outweigh
+    every other point of evidence.
+    """
     return 1.0 / (seen + 1.0) if seen < warmup else 1e-12
 
 
@@ -136,7 +147,7 @@ def _survival_kernel(
     high, low = np.empty(n), np.empty(n)
     for i in range(n):
         total, count = cells[i, 0], cells[i, 0] / cells[i, 3]
-        floor = _floor(cells[i, 4], warmup)
+        floor = _floor(cells[i, 4], warmup, count)
         row = ids[i]
         inside = min(max((position[i] - _EDGES[index[i]]) / _WIDTH, 0.0), 1.0)
         for upper in (True, False):

@@ -99,12 +99,13 @@ _DRIFT = -float(np.log(EVIDENCE_P))
 #: Episodes whose peaks the policy remembers (decayed), per series.
 EPISODE_MEMORY = 1000.0
 #: Episodes beyond a level needed to trust their count there, and the share of them the tail is fitted to.
-PEAK_TAIL_SUPPORT = 10.0
-PEAK_TAIL_FIT = 0.25
+PEAK_TAIL_SUPPORT = 3.0
+PEAK_TAIL_FIT = 0.05
 #: Points over which the episode rate is measured (decayed), per series.
 POINT_MEMORY = 10_000.0
 #: How many episodes the independent-data prior weighs, and its episode rate per point.
 PRIOR_EPISODES = 50
+PRIOR_SCALE = 2.0
 PRIOR_RATE = 1.0 / 21.0
 #: Peaks are stored as ``sinh(PEAK_UNIT * peak - 8)``: the histogram's asinh axis, -8 to 8, is then
 #: linear in the peak, from 0 to :data:`MAX_LEVEL`, the highest alert level a series can need.
@@ -150,17 +151,21 @@ class AlertDecision:
     band_p: np.ndarray
 
 
-def _prior_peaks() -> TailCalibrator:
-    """One row of episode peaks as independent p-values give them (about Exp(1), a little heavier)."""
-    prior = TailCalibrator(
-        memory=EPISODE_MEMORY, warmup=0, direction="high", tail_support=PEAK_TAIL_SUPPORT, tail_fit_fraction=PEAK_TAIL_FIT
-    )
-    prior.resize(1)
-    quantiles = (np.arange(PRIOR_EPISODES) + 0.5) / PRIOR_EPISODES
-    peaks = -1.1 * np.log(quantiles)
-    for peak in peaks:
-        prior.learn(np.zeros(1, dtype=np.int64), _peak_axis(np.array([peak])), np.ones(1))
-    return prior
+def peak_survival(peaks: TailCalibrator, ids: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """P(an episode's peak >= level): the series' own episodes, and a prior that fades as they arrive.
+
+    The prior is an exponential tail of scale :data:`PRIOR_SCALE`, heavier
+    than independent p-values give (scale about 1): while a series has seen
+    few episodes its alert level errs high.  It weighs ``W**2 / (W + n)``
+    episodes against the ``n`` the series has seen (``W`` =
+    :data:`PRIOR_EPISODES`): all of the say at first, a few percent after a
+    thousand episodes.
+    """
+    seen = peaks.effective_count(ids)
+    weight = PRIOR_EPISODES**2 / (PRIOR_EPISODES + seen)
+    prior = np.exp(-np.asarray(level, dtype=np.float64) / PRIOR_SCALE)
+    own = np.where(seen > 0, peaks.p_value(ids, _peak_axis(level)), 0.0)
+    return (weight * prior + seen * own) / (weight + seen)
 
 
 class AlertPolicy(ArrayState):
@@ -283,7 +288,6 @@ class AlertPolicy(ArrayState):
         self.direction: Direction = direction
         self.min_deviation = min_deviation
         self.min_relative_deviation = min_relative_deviation
-        self._prior = _prior_peaks()
         self._series_count = 1
         self._budget_count = 1
 
@@ -335,7 +339,7 @@ class AlertPolicy(ArrayState):
         low, high = np.zeros(len(both)), np.full(len(both), MAX_LEVEL)
         for _ in range(20):
             middle = 0.5 * (low + high)
-            rare_enough = self.peaks.p_value(both, _peak_axis(middle)) <= target
+            rare_enough = peak_survival(self.peaks, both, middle) <= target
             high = np.where(rare_enough, middle, high)
             low = np.where(rare_enough, low, middle)
         self.arrays["level"][rows] = high.reshape(2, -1).T
@@ -344,22 +348,12 @@ class AlertPolicy(ArrayState):
     # -- state ----------------------------------------------------------------
 
     def resize(self, n_series: int) -> None:
-        old = self.n_series
         super().resize(n_series)
         self.peaks.resize(n_series)
-        if self.n_series > old:
-            self._start_peaks(np.arange(old, self.n_series))
 
     def reset(self, ids: np.ndarray) -> None:
         super().reset(ids)
         self.peaks.reset(ids)
-        self._start_peaks(np.asarray(ids, dtype=np.int64))
-
-    def _start_peaks(self, rows: np.ndarray) -> None:
-        for name, value in self._prior.arrays.items():
-            if name != "seed":
-                self.peaks.arrays[name][rows] = value[0]
-        self.peaks.arrays["seed"][rows] = rows.astype(np.uint64)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state = super().state_dict()
@@ -522,7 +516,7 @@ def _judge(  # type: ignore[no-untyped-def]
     if sized:
         size = abs(observed - expected)
         counts = counts and size >= min_deviation and size >= min_relative * abs(expected)
-    strength = -np.log(max(pv, 1e-300)) if counts else 0.0
+    strength = -np.log(max(pv, 1e-4)) if counts else 0.0
     before = max(evidence[row, 0], evidence[row, 1])
     evidence[row, 0] = max(0.0, evidence[row, 0] + (strength if side_sign > 0 else 0.0) - _DRIFT)
     evidence[row, 1] = max(0.0, evidence[row, 1] + (strength if side_sign < 0 else 0.0) - _DRIFT)

@@ -7,20 +7,25 @@ next, and correlated deviations make poor evidence: one slow excursion looks
 like several unusual points in a row, and the alert policy has to learn to
 discount it from the few excursions a series shows in a week.
 
-So the engine forecasts the deviation itself with a robust AR(1) filter (in
+So the engine forecasts the deviation itself with a robust AR(2) filter (in
 the spirit of Martin and Thomson's robust filters): the next deviation is
-expected to be ``rho`` times the filter's *cleaned* last deviation, and what
-is calibrated and judged is the innovation, ``z - rho * cleaned``.  The
+expected to be a linear combination of the filter's *cleaned* last two
+deviations, and what is calibrated and judged is the innovation, the
+deviation minus that forecast.  The
 cleaned deviation follows the data but each step is clipped to
 :data:`CLIP` innovation scales, so one spike moves it a little and a sustained
 shift only gradually: after a spike the next ordinary point is not a false
-"drop", and a shift that persists keeps being unusual.  ``rho`` is the
-decayed lag-1 correlation of the cleaned deviations (clipped to ``[0,
-MAX_RHO]``, so independent data keeps ``rho`` near 0 and is left alone), and
-is learned only from points the engine learns from.
+"drop", and a shift that persists keeps being unusual.  The coefficients
+regress each deviation on the cleaned ones before it (decayed moments, the
+Yule-Walker equations), restricted to a stationary filter whose persistence
+stays below :data:`MAX_RHO` (else lag 1 alone, else none): independent data
+gets coefficients near 0 and is left alone.  They are learned only from
+points the engine learns from.  (AR(2) rather than AR(1): a model that
+follows the level leaves deviations that overshoot and come back, which one
+lag cannot describe.)
 
 The expected value shown with the band moves with the forecast: it is the
-model's expected value plus ``rho * cleaned`` deviations.
+model's expected value plus the forecast deviation.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ WARMUP = 50
 
 
 class ResidualWhitener(ArrayState):
-    """Per-series robust AR(1) filter on model deviations.
+    """Per-series robust AR(2) filter on model deviations.
 
     Examples
     --------
@@ -59,31 +64,34 @@ class ResidualWhitener(ArrayState):
     ...     innovation, _ = whitener.whiten(ids, np.array([z]))
     ...     whitener.learn(ids, np.array([z]), np.ones(1))
     ...     out.append(innovation[0])
-    >>> round(float(whitener.rho(ids)[0]), 1)
-    0.9
+    >>> (whitener.coefficients(ids)[0].round(1) + 0.0).tolist()
+    [0.9, 0.0]
     >>> bool(abs(np.corrcoef(out[1000:-1], out[1001:])[0, 1]) < 0.05)
     True
     """
 
     fields: ClassVar[FieldSpecs] = {
-        "cleaned": (np.float64, (), 0.0),
-        "lag_product": (np.float64, (), 0.0),
-        "lag_square": (np.float64, (), 0.0),
+        # The cleaned deviations one and two points back.
+        "cleaned": (np.float64, (2,), 0.0),
+        # Decayed moments: E[c1 c1], E[c1 c2], E[c2 c2], E[z c1], E[z c2].
+        "moments": (np.float64, (5,), 0.0),
         "innovation_scale": (np.float64, (), 0.0),
         "seen": (np.float64, (), 0.0),
     }
 
-    def rho(self, ids: np.ndarray) -> np.ndarray:
-        """Each series' lag-1 autocorrelation as the filter uses it (0 while warming up)."""
-        return _rho(self.arrays["lag_product"][ids], self.arrays["lag_square"][ids], self.arrays["seen"][ids])
+    def coefficients(self, ids: np.ndarray) -> np.ndarray:
+        """Each series' AR coefficients (lag 1, lag 2) as the filter uses them (0 while warming up)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return _coefficients(self.arrays["moments"], self.arrays["seen"], ids)
 
     def whiten(self, ids: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The innovation of each deviation, and the forecast deviation it was measured from."""
-        forecast = self.rho(ids) * self.arrays["cleaned"][ids]
+        ids = np.asarray(ids, dtype=np.int64)
+        forecast = np.sum(self.coefficients(ids) * self.arrays["cleaned"][ids], axis=1)
         return z - forecast, forecast
 
     def learn(self, ids: np.ndarray, z: np.ndarray, weight: np.ndarray) -> None:
-        """Move each series' filter on by its deviation; ``weight`` (0..1) scales what rho learns.
+        """Move each series' filter on by its deviation; ``weight`` (0..1) scales what it learns.
 
         Every finite deviation moves the cleaned state (it is the filter, not
         a belief about normal behaviour); NaN deviations leave it alone.
@@ -97,33 +105,49 @@ class ResidualWhitener(ArrayState):
 
 
 @njit(cache=True)
-def _rho(lag_product, lag_square, seen):  # type: ignore[no-untyped-def]
-    out = np.zeros(len(seen))
-    for i in range(len(seen)):
-        if seen[i] >= WARMUP and lag_square[i] > 0:
-            out[i] = min(max(lag_product[i] / lag_square[i], 0.0), MAX_RHO)
+def _solve(moments: np.ndarray) -> tuple[float, float]:
+    """AR(2) coefficients from the moments, falling back to AR(1), then to none, when unstable."""
+    m11, m12, m22, g1, g2 = moments[0], moments[1], moments[2], moments[3], moments[4]
+    if not m11 > 0:
+        return 0.0, 0.0
+    det = m11 * m22 - m12 * m12
+    if det > 1e-6 * m11 * m22:
+        a1 = (g1 * m22 - g2 * m12) / det
+        a2 = (g2 * m11 - g1 * m12) / det
+        # Stationary, and no more persistent than MAX_RHO allows.
+        if abs(a2) < MAX_RHO and a1 + a2 < MAX_RHO and a2 - a1 < 1.0 and a1 + a2 > 0:
+            return a1, a2
+    return min(max(g1 / m11, 0.0), MAX_RHO), 0.0
+
+
+@njit(cache=True)
+def _coefficients(moments, seen, ids):  # type: ignore[no-untyped-def]
+    out = np.zeros((len(ids), 2))
+    for i in range(len(ids)):
+        if seen[ids[i]] >= WARMUP:
+            out[i, 0], out[i, 1] = _solve(moments[ids[i]])
     return out
 
 
 @njit(cache=True)
-def _learn_kernel(cleaned, lag_product, lag_square, innovation_scale, seen, ids, z, weight):  # type: ignore[no-untyped-def]
+def _learn_kernel(cleaned, moments, innovation_scale, seen, ids, z, weight):  # type: ignore[no-untyped-def]
     keep = 1.0 - 1.0 / MEMORY
     for i in range(len(ids)):
         row, deviation = ids[i], z[i]
         if not np.isfinite(deviation):
             continue
-        rho = _rho(lag_product[row : row + 1], lag_square[row : row + 1], seen[row : row + 1])[0]
-        forecast = rho * cleaned[row]
+        a1, a2 = _solve(moments[row]) if seen[row] >= WARMUP else (0.0, 0.0)
+        c1, c2 = cleaned[row, 0], cleaned[row, 1]
+        forecast = a1 * c1 + a2 * c2
         innovation = deviation - forecast
         scale = innovation_scale[row]
         limit = CLIP * scale if scale > 0 else abs(innovation)
-        step = min(max(innovation, -limit), limit)
-        now_clean = forecast + step
         w = weight[i]
         if w > 0:
             rate = max(1.0 - keep, 1.0 / (seen[row] + 1.0)) * w
-            lag_product[row] += rate * (cleaned[row] * now_clean - lag_product[row])
-            lag_square[row] += rate * (cleaned[row] * cleaned[row] - lag_square[row])
+            for k, value in enumerate((c1 * c1, c1 * c2, c2 * c2, deviation * c1, deviation * c2)):
+                moments[row, k] += rate * (value - moments[row, k])
             innovation_scale[row] += rate * (abs(innovation) - scale) if scale > 0 else abs(innovation)
             seen[row] += w
-        cleaned[row] = now_clean
+        cleaned[row, 1] = c1
+        cleaned[row, 0] = forecast + min(max(innovation, -limit), limit)
