@@ -366,7 +366,10 @@ class Engine:
         p = np.where(valid, p, np.nan)
         decided = fresh & ~silenced
         decision = self.policy.decide(ids, t, np.where(decided, p, np.nan), sign=z, observed=x, expected=expected)
-        weight = np.where(model_warm, np.clip(p / self.protect_below, 0.0, 1.0), 1.0)
+        # Don't learn from what is flagged: neither a rare point, nor points that together are
+        # building up to an alert (full weight until halfway to the alert level, none from it on).
+        trust = np.clip(2.0 * (1.0 - decision.suspicion), 0.0, 1.0)
+        weight = np.where(model_warm, np.clip(p / self.protect_below, 0.0, 1.0) * trust, 1.0)
         self.model.learn(ids, t, safe_x, np.where(fresh & learn, weight, 0.0))
         self.whitener.learn(ids, np.where(model_warm & fresh, model_z, np.nan), np.where(learn, weight, 0.0))
         two_sided = 2.0 if self.calibrator.direction == "both" else 1.0

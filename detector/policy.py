@@ -140,7 +140,10 @@ class AlertDecision:
     ``since``, ``lowest_p`` and ``alert_sign`` describe each firing series'
     alert (NaN, NaN, 0 when not firing); ``band_p`` holds, for each point, the
     two-sided p-value at which its band is drawn, for high and low deviations
-    (columns :data:`HIGH`, :data:`LOW`).
+    (columns :data:`HIGH`, :data:`LOW`).  ``suspicion`` is each series'
+    accumulated evidence after the point as a share of its alert level (1 or
+    more: alerting, or would be but for a cool-down): how far the engine
+    should trust the point as normal behaviour to learn from.
     """
 
     firing: np.ndarray
@@ -149,6 +152,7 @@ class AlertDecision:
     lowest_p: np.ndarray
     alert_sign: np.ndarray
     band_p: np.ndarray
+    suspicion: np.ndarray
 
 
 def peak_survival(peaks: TailCalibrator, ids: np.ndarray, level: np.ndarray) -> np.ndarray:
@@ -407,7 +411,7 @@ class AlertPolicy(ArrayState):
         self._refresh_levels(ids)
         band_p = np.empty((n, 2))
         learned = np.full(n, np.nan)
-        firing, onset, since, lowest_p, alert_sign = _decide_kernel(
+        firing, onset, since, lowest_p, alert_sign, suspicion = _decide_kernel(
             *(self.arrays[name] for name in _KERNEL_STATE),
             ids,
             *(np.asarray(a, dtype=np.float64) for a in (t, p, sign, *size_args)),
@@ -428,6 +432,7 @@ class AlertPolicy(ArrayState):
             lowest_p=lowest_p,
             alert_sign=alert_sign,
             band_p=band_p,
+            suspicion=suspicion,
         )
 
 
@@ -467,13 +472,14 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
 
     Fills ``band_p`` (high, low) and, for series whose episode ended,
     ``learned`` (the peak to learn); returns per point: firing, onset, since,
-    lowest_p and alert_sign.
+    lowest_p, alert_sign and suspicion.
     """
     watched, min_deviation, min_relative, resolve_after, cooldown, keep = settings
     n = len(ids)
     firing_out, onset_out = np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_)
     since_out, lowest_out = np.full(n, np.nan), np.full(n, np.nan)
     sign_out = np.zeros(n, dtype=np.int8)
+    suspicion = np.zeros(n)
     for i in range(n):
         row, now, pv = ids[i], t[i], p[i]
         for side in range(2):
@@ -487,9 +493,11 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
             )  # fmt: skip
         firing = firing_state[row]
         firing_out[i] = firing
+        side = 0 if evidence[row, 0] >= evidence[row, 1] else 1
+        suspicion[i] = 1.0 if firing else evidence[row, side] / max(level[row, side], 1e-9)
         if firing:
             since_out[i], lowest_out[i], sign_out[i] = since_state[row], lowest_state[row], sign_state[row]
-    return firing_out, onset_out, since_out, lowest_out, sign_out
+    return firing_out, onset_out, since_out, lowest_out, sign_out, suspicion
 
 
 @njit(cache=True)
@@ -516,7 +524,7 @@ def _judge(  # type: ignore[no-untyped-def]
     if sized:
         size = abs(observed - expected)
         counts = counts and size >= min_deviation and size >= min_relative * abs(expected)
-    strength = -np.log(max(pv, 1e-4)) if counts else 0.0
+    strength = -np.log(max(pv, 1e-6)) if counts else 0.0
     before = max(evidence[row, 0], evidence[row, 1])
     evidence[row, 0] = max(0.0, evidence[row, 0] + (strength if side_sign > 0 else 0.0) - _DRIFT)
     evidence[row, 1] = max(0.0, evidence[row, 1] + (strength if side_sign < 0 else 0.0) - _DRIFT)
