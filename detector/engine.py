@@ -38,9 +38,9 @@ class ScoredBatch:
     ``alert`` is whether the point's series is alerting after it, ``onset``
     whether this point opened the alert.  ``decided`` is false where the policy
     made no decision (a gap, a repeated sample, or a silenced point): there the
-    alert state is as it was, and a silenced point reports no alert.
-    ``repeat`` marks samples already seen (scored for display, not learned,
-    not counted).  For alerting series,
+    alert state is as it was, and a silenced point reports no alert.  A
+    repeated sample (see :mod:`detector.repeats`) is scored for display but
+    neither learned nor counted.  For alerting series,
     ``since`` is when the alert opened, ``lowest_p`` its most extreme p-value
     so far and ``alert_sign`` that point's side (+1 high, -1 low); NaN, NaN and
     0 otherwise.  ``interval`` is the series' estimated sampling interval in
@@ -57,7 +57,6 @@ class ScoredBatch:
     alert: np.ndarray
     onset: np.ndarray
     decided: np.ndarray
-    repeat: np.ndarray
     since: np.ndarray
     lowest_p: np.ndarray
     alert_sign: np.ndarray
@@ -376,7 +375,7 @@ class Engine:
         upper_z, lower_z = self.calibrator.learn_and_band(
             ids,
             z,
-            (model_warm & fresh & learn).astype(np.float64),
+            np.where(model_warm & fresh & learn & (decision.suspicion < 1.0), 1.0, 0.0),
             decision.band_p[:, HIGH] / two_sided,
             decision.band_p[:, LOW] / two_sided,
         )
@@ -394,7 +393,6 @@ class Engine:
             alert=alert,
             onset=decision.onset,
             decided=decided,
-            repeat=repeat & valid,
             since=np.where(alert, decision.since, np.nan),
             lowest_p=np.where(alert, decision.lowest_p, np.nan),
             alert_sign=np.where(alert, decision.alert_sign, 0).astype(np.int8),

@@ -17,6 +17,12 @@ What an on-call engineer would count, per series and in total:
 
 Labels naming no recording are ignored; recordings without labels have no
 windows, so all their alerts are false.
+
+Against the alert budget (:class:`Budget`, as configured), :func:`alert_rate`
+counts a run's alert onsets for all its series together, per day of the run
+(what the detector as a whole sends) and per series-day.  With labels the
+false alerts are what is counted, since the budget is for false alerts;
+without labels every onset is, as no alert can be told apart as real.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from detector.backtest import SeriesResult
 from detector.recorded import parse_timestamp
+
+if TYPE_CHECKING:
+    from detector.policy import AlertPolicy
 
 Window = tuple[float, float]
 
@@ -156,4 +166,119 @@ def combine(evaluations: list[SeriesEvaluation], name: str = "total") -> SeriesE
         false_alerts=sum(e.false_alerts for e in evaluations),
         series_days=sum(e.series_days for e in evaluations),
         minutes_to_detect=tuple(m for e in evaluations for m in e.minutes_to_detect),
+    )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A detector's alert budget as configured: per series a week, or for the whole detector a day.
+
+    Either way it can be said both ways for ``series`` series: per day for the
+    whole detector, and per series-day.
+
+    Examples
+    --------
+    >>> weekly, daily = Budget(false_alerts_per_week=1.0), Budget(false_alerts_per_day=2.0)
+    >>> str(weekly), round(weekly.per_series_day(10), 3), round(weekly.per_day(10), 2)
+    ('1 a week per series', 0.143, 1.43)
+    >>> str(daily), daily.per_series_day(10), daily.per_day(10)
+    ('2 a day for the detector', 0.2, 2.0)
+    """
+
+    false_alerts_per_week: float | None = None
+    false_alerts_per_day: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.false_alerts_per_week is None) == (self.false_alerts_per_day is None):
+            raise ValueError(
+                "a budget is false_alerts_per_week (per series) or false_alerts_per_day (per detector), "
+                f"exactly one; got {self.false_alerts_per_week} and {self.false_alerts_per_day}"
+            )
+
+    @classmethod
+    def of(cls, policy: AlertPolicy) -> Budget:
+        """The budget ``policy`` was configured with."""
+        return cls(policy.false_alerts_per_week, policy.false_alerts_per_day)
+
+    def per_day(self, series: int) -> float:
+        """False alerts a day the whole detector may send while it watches ``series`` series."""
+        if self.false_alerts_per_day is not None:
+            return self.false_alerts_per_day
+        assert self.false_alerts_per_week is not None
+        return self.false_alerts_per_week / 7.0 * series
+
+    def per_series_day(self, series: int) -> float:
+        """False alerts a day each of ``series`` series may send (NaN for a per-detector budget and none)."""
+        if self.false_alerts_per_week is not None:
+            return self.false_alerts_per_week / 7.0
+        assert self.false_alerts_per_day is not None
+        return self.false_alerts_per_day / series if series > 0 else math.nan
+
+    def __str__(self) -> str:
+        if self.false_alerts_per_week is not None:
+            return f"{self.false_alerts_per_week:g} a week per series"
+        return f"{self.false_alerts_per_day:g} a day for the detector"
+
+
+@dataclass(frozen=True)
+class AlertRate:
+    """How often a detector alerted over a run, all its series together, beside its budget.
+
+    ``onsets`` are the false alerts when the run was labelled (``labelled``),
+    else every alert onset.  ``days`` is the span of the run (first to last
+    timestamp of any series), ``series_days`` the series' spans added up.
+
+    Examples
+    --------
+    >>> rate = AlertRate(onsets=4, labelled=False, series=2, days=7.0, series_days=14.0,
+    ...                  budget=Budget(false_alerts_per_week=1.0))
+    >>> round(rate.per_day, 3), round(rate.budget_per_day, 3)
+    (0.571, 0.286)
+    >>> round(rate.per_series_day, 3), round(rate.budget_per_series_day, 3)
+    (0.286, 0.143)
+    """
+
+    onsets: int
+    labelled: bool
+    series: int
+    days: float
+    series_days: float
+    budget: Budget
+
+    @property
+    def per_day(self) -> float:
+        """Onsets per day of the run, for the whole detector (NaN for a run spanning no time)."""
+        return self.onsets / self.days if self.days > 0 else math.nan
+
+    @property
+    def per_series_day(self) -> float:
+        """Onsets per series-day (NaN for series spanning no time)."""
+        return self.onsets / self.series_days if self.series_days > 0 else math.nan
+
+    @property
+    def budget_per_day(self) -> float:
+        return self.budget.per_day(self.series)
+
+    @property
+    def budget_per_series_day(self) -> float:
+        return self.budget.per_series_day(self.series)
+
+
+def alert_rate(
+    results: list[SeriesResult], budget: Budget, labels: Mapping[str, list[Window]] | None = None
+) -> AlertRate:
+    """The alert rate of one run over ``results``; with ``labels``, of its false alerts.
+
+    Without labels no window holds an onset, so every onset counts as false.
+    """
+    evaluations = evaluate(results, labels or {})
+    times = [result.recording.t for result in results if len(result.recording.t)]
+    span = float(max(t.max() for t in times) - min(t.min() for t in times)) if times else 0.0
+    return AlertRate(
+        onsets=sum(e.false_alerts for e in evaluations),
+        labelled=labels is not None,
+        series=len(results),
+        days=span / _SECONDS_PER_DAY,
+        series_days=sum(e.series_days for e in evaluations),
+        budget=budget,
     )

@@ -96,11 +96,15 @@ MIN_BUDGET_SCALE = 1.0 / 64.0
 #: A point whose p-value is above this adds no evidence: the CUSUM's drift is ``-log`` of it.
 EVIDENCE_P = 0.05
 _DRIFT = -float(np.log(EVIDENCE_P))
+#: One point counts as no stronger evidence than this p-value: ten thousand points of history
+#: cannot tell one-in-a-million from one-in-a-billion, and a single point claimed that rare
+#: would outweigh everything else (a sustained deviation still adds up to any level).
+STRONGEST_P = 1e-6
 #: Episodes whose peaks the policy remembers (decayed), per series.
 EPISODE_MEMORY = 1000.0
 #: Episodes beyond a level needed to trust their count there, and the share of them the tail is fitted to.
 PEAK_TAIL_SUPPORT = 3.0
-PEAK_TAIL_FIT = 0.05
+PEAK_TAIL_FIT = 0.1
 #: Points over which the episode rate is measured (decayed), per series.
 POINT_MEMORY = 10_000.0
 #: How many episodes the independent-data prior weighs, and its episode rate per point.
@@ -524,7 +528,7 @@ def _judge(  # type: ignore[no-untyped-def]
     if sized:
         size = abs(observed - expected)
         counts = counts and size >= min_deviation and size >= min_relative * abs(expected)
-    strength = -np.log(max(pv, 1e-6)) if counts else 0.0
+    strength = -np.log(max(pv, STRONGEST_P)) if counts else 0.0
     before = max(evidence[row, 0], evidence[row, 1])
     evidence[row, 0] = max(0.0, evidence[row, 0] + (strength if side_sign > 0 else 0.0) - _DRIFT)
     evidence[row, 1] = max(0.0, evidence[row, 1] + (strength if side_sign < 0 else 0.0) - _DRIFT)

@@ -3,9 +3,11 @@
 ``anomaly-detector backtest INPUT... --output DIR`` replays recorded
 ``timestamp,value`` CSV files (or directories of them) through the engine the
 live service uses and writes one result CSV per input under ``DIR``, at the
-input's path relative to its directory.  With ``--labels`` (NAB's
-``combined_windows.json`` format) it also reports windows detected, false
-alerts and time to detect.
+input's path relative to its directory.  The summary sets the alert rate
+beside the configured budget, both per day for all series together and per
+series-day.  With ``--labels`` (NAB's ``combined_windows.json`` format) it
+also reports windows detected, false alerts and time to detect, and the rate
+is of false alerts (onsets outside every labelled window).
 
 ``backtest --prometheus URL --query Q --start T [--end T] [--step 1m]`` replays
 a range read from Prometheus instead.  Each series becomes a recording named by
@@ -17,8 +19,8 @@ later like ``replay_data/``.  Times are RFC3339, Unix seconds, ``now`` or
 ``now-2h``.
 
 ``--compare A.yaml B.yaml`` runs two configurations on the same data (results
-in ``DIR/A`` and ``DIR/B``) and shows what B changes against A: alerts per day,
-windows detected, false alerts, time to detect, and which windows and alerts
+in ``DIR/A`` and ``DIR/B``) and shows what B changes against A: alert rates
+against each one's budget, windows detected, false alerts, time to detect, and which windows and alerts
 differ.  ``--report FILE`` writes all of it, with a plot per series, as one
 self-contained HTML page.
 
@@ -45,7 +47,7 @@ from tqdm import tqdm
 
 from detector.backtest import run_backtest, write_result
 from detector.config import ConfigError, build_engine, load_config, parse_duration
-from detector.evaluation import LabelsError, Window, load_labels
+from detector.evaluation import Budget, LabelsError, Window, load_labels
 from detector.labels import series_key
 from detector.recorded import Recording, RecordingError, find_recordings, read_recording
 from service.prometheus import PrometheusError, PrometheusReader, RangeSeries, parse_time
@@ -58,6 +60,8 @@ from service.report import (
     format_number,
     format_timestamp,
     format_window,
+    rate_caption,
+    rate_columns,
     write_report,
 )
 
@@ -275,12 +279,12 @@ _LABELLED_COLUMNS: list[_Column] = [
     ("detected", lambda row: str(row.evaluation.detected)),
     ("false alerts", lambda row: str(row.evaluation.false_alerts)),
     ("series-days", lambda row: f"{row.evaluation.series_days:.2f}"),
-    ("false/day", lambda row: format_number(row.evaluation.false_alerts_per_day, 3)),
+    ("false alerts/series-day", lambda row: format_number(row.evaluation.false_alerts_per_day, 3)),
     ("median minutes to detect", lambda row: format_number(row.evaluation.median_minutes_to_detect, 1)),
 ]
 _ALERT_COLUMNS: list[_Column] = [
     ("alerts", lambda row: str(row.alerts)),
-    ("alerts/day", lambda row: format_number(row.alerts_per_day, 2)),
+    ("alerts/series-day", lambda row: format_number(row.alerts_per_day, 2)),
 ]
 
 
@@ -296,6 +300,26 @@ def _table(runs: list[Run], labels: Mapping[str, list[Window]] | None) -> list[s
         cells = "".join(f"  {value(row):>{len(title)}}" for title, value in columns)
         lines.append(f"{row.series:<{width}}{cells}")
     return lines
+
+
+def _rates(runs: list[Run], labels: Mapping[str, list[Window]] | None) -> list[str]:
+    """Each run's alert rate beside its budget, one row per run, titled and worded as in the report."""
+    columns = rate_columns(labels is not None)
+    titles = ["run", *(title for title, _ in columns)]
+    rows = []
+    for run in runs:
+        rate = run.alert_rate(labels)
+        rows.append([run.name, *(cell(rate) for _, cell in columns)])
+    widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(titles)]
+
+    def line(cells: list[str]) -> str:
+        # The run and its budget are words, left-aligned; the rates are numbers.
+        return "  ".join(
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return [rate_caption(labels is not None, len(runs[0].results)), line(titles), *map(line, rows)]
 
 
 def _differences(a: Run, b: Run, labels: Mapping[str, list[Window]] | None) -> list[str]:
@@ -374,7 +398,9 @@ def _backtest(args: argparse.Namespace) -> int:
             bar.update(rows)
 
         for name, source, config in configs:
-            runs.append(Run(name, source, run_backtest(build_engine(config), data.recordings, advance)))
+            engine = build_engine(config)
+            budget = Budget.of(engine.policy)
+            runs.append(Run(name, source, budget, run_backtest(engine, data.recordings, advance)))
     seconds = time.perf_counter() - started
     for run, directory, paths in zip(runs, directories, targets, strict=True):
         for result, path in zip(run.results, paths, strict=True):
@@ -393,6 +419,7 @@ def _backtest(args: argparse.Namespace) -> int:
     if labels is not None:
         labelled = sum(recording.name in labels for recording in data.recordings)
         lines.append(f"labelled       {labelled} of {len(data.recordings)} series")
+    lines.extend(["", *_rates(runs, labels)])
     if labels is not None or len(runs) > 1:
         lines.extend(["", *_table(runs, labels)])
     if len(runs) > 1:

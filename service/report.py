@@ -3,6 +3,10 @@
 A *run* is one configuration's backtest over a set of recordings.  For one run,
 or two runs on the same data (``--compare A.yaml B.yaml``), this module gives
 
+* :meth:`Run.alert_rate`: the run's alert onsets (with labels, its false
+  alerts) of all series together, per day and per series-day, beside its
+  budget said the same two ways; :func:`rate_columns` and :func:`rate_caption`
+  title and explain them alike in the terminal summary and the report;
 * :func:`figures`: per series and in total, points, alerts and alerts per
   series-day, and with labels the event-level figures of
   :mod:`detector.evaluation` (windows detected, false alerts, time to detect);
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +38,15 @@ import numpy as np
 from markupsafe import Markup
 
 from detector.backtest import SeriesResult
-from detector.evaluation import SeriesEvaluation, Window, combine, evaluate_series
+from detector.evaluation import (
+    AlertRate,
+    Budget,
+    SeriesEvaluation,
+    Window,
+    alert_rate,
+    combine,
+    evaluate_series,
+)
 
 #: Pixel columns of a plot; lines are reduced to two points per column.
 PLOT_COLUMNS = 1000
@@ -55,23 +67,63 @@ def format_timestamp(t: float) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One configuration's backtest: a short name, the configuration it used, its results.
+    """One configuration's backtest: a short name, the configuration it used, its budget, its results.
 
     Examples
     --------
-    >>> run = Run("A", "a.yaml", results=[])
-    >>> run.name, run.config, run.alerts
-    ('A', 'a.yaml', 0)
+    >>> run = Run("A", "a.yaml", Budget(false_alerts_per_week=1.0), results=[])
+    >>> run.name, run.config, run.alerts, str(run.budget)
+    ('A', 'a.yaml', 0, '1 a week per series')
     """
 
     name: str
     config: str
+    budget: Budget
     results: list[SeriesResult]
 
     @property
     def alerts(self) -> int:
         """Alerts opened over all series."""
         return sum(result.alerts for result in self.results)
+
+    def alert_rate(self, labels: Mapping[str, list[Window]] | None = None) -> AlertRate:
+        """The run's alert onsets (with ``labels``, its false alerts) per day and per series-day."""
+        return alert_rate(self.results, self.budget, labels)
+
+
+#: A column of the alert-rate table: its title and how a run's :class:`AlertRate` fills it.
+RateColumn = tuple[str, Callable[[AlertRate], str]]
+
+
+def rate_columns(labelled: bool) -> list[RateColumn]:
+    """The alert-rate table's columns, the same in the terminal summary and the report.
+
+    >>> [title for title, _ in rate_columns(labelled=True)]
+    ['budget', 'false alerts/day', 'budget/day', 'false alerts/series-day', 'budget/series-day']
+    """
+    counted = "false alerts" if labelled else "alerts"
+    return [
+        ("budget", lambda rate: str(rate.budget)),
+        (f"{counted}/day", lambda rate: format_number(rate.per_day, 3)),
+        ("budget/day", lambda rate: format_number(rate.budget_per_day, 3)),
+        (f"{counted}/series-day", lambda rate: format_number(rate.per_series_day, 3)),
+        ("budget/series-day", lambda rate: format_number(rate.budget_per_series_day, 3)),
+    ]
+
+
+def rate_caption(labelled: bool, series: int) -> str:
+    """What the alert-rate table counts, in one line.
+
+    >>> rate_caption(labelled=False, series=2)
+    'alert rate against the budget, all 2 series together: every alert onset (no labels tell false ones)'
+    """
+    together = "the one series" if series == 1 else f"all {series} series together"
+    counted = (
+        "false alerts (onsets outside every labelled window)"
+        if labelled
+        else "every alert onset (no labels tell false ones)"
+    )
+    return f"alert rate against the budget, {together}: {counted}"
 
 
 @dataclass(frozen=True)
@@ -326,17 +378,20 @@ section svg { width: 100%; height: auto; }
 <h1>Backtest report</h1>
 <p class="meta">Source: {{ source }}<br>{{ series }} series, {{ points }} points per run;
 generated {{ generated }} UTC.</p>
-<table>
-<tr><th>run</th><th>configuration</th><th>alerts</th></tr>
+<table id="rates">
+<tr><th>run</th><th>configuration</th><th>alerts</th>{% for title in rate_titles %}<th>{{ title }}</th>
+{%- endfor %}</tr>
 {% for run in runs %}<tr><td class="run-{{ run.name }}">{{ run.name }}</td><td class="text">
-<code>{{ run.config }}</code></td><td>{{ run.alerts }}</td></tr>
+<code>{{ run.config }}</code></td><td>{{ run.alerts }}</td><td class="text">{{ rates[loop.index0][0] }}</td>
+{%- for cell in rates[loop.index0][1:] %}<td>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</table>
+<p class="meta">{{ rate_caption }}.</p>
 
 <h2>Summary</h2>
 <table>
 <tr><th>series</th>{% if runs|length > 1 %}<th>run</th>{% endif %}<th>points</th><th>alerts</th>
-<th>alerts/day</th>{% if labelled %}<th>windows</th><th>detected</th><th>false alerts</th>
-<th>false alerts/day</th><th>median minutes to detect</th>{% endif %}</tr>
+<th>alerts/series-day</th>{% if labelled %}<th>windows</th><th>detected</th><th>false alerts</th>
+<th>false alerts/series-day</th><th>median minutes to detect</th>{% endif %}</tr>
 {% for row in rows %}<tr{% if row.series == "total" %} class="total"{% endif %}>
 <td>{% if row.anchor %}<a href="#{{ row.anchor }}">{{ row.series }}</a>
 {%- else %}{{ row.series }}{% endif %}</td>
@@ -437,7 +492,8 @@ def render_report(runs: list[Run], labels: Mapping[str, list[Window]] | None = N
 
     Examples
     --------
-    >>> html = render_report([Run("backtest", "defaults", results=[])], source="no data")
+    >>> run = Run("backtest", "defaults", Budget(false_alerts_per_week=1.0), results=[])
+    >>> html = render_report([run], source="no data")
     >>> html.startswith("<!DOCTYPE html>"), "Source: no data" in html
     (True, True)
     """
@@ -455,6 +511,8 @@ def render_report(runs: list[Run], labels: Mapping[str, list[Window]] | None = N
         }
         for i, (series, anchor) in enumerate(anchors.items())
     ]
+    columns = rate_columns(bool(labels))
+    caption = rate_caption(bool(labels), len(runs[0].results))
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return environment.from_string(_TEMPLATE).render(
         source=source,
@@ -462,6 +520,9 @@ def render_report(runs: list[Run], labels: Mapping[str, list[Window]] | None = N
         points=sum(len(result.recording) for result in runs[0].results),
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         runs=runs,
+        rate_titles=[title for title, _ in columns],
+        rates=[[cell(run.alert_rate(labels or None)) for _, cell in columns] for run in runs],
+        rate_caption=caption[:1].upper() + caption[1:],
         labelled=bool(labels),
         # Interleave the runs' rows, so A and B of one series are adjacent.
         rows=[_row(row, anchors) for group in zip(*tables, strict=True) for row in group],
