@@ -217,15 +217,17 @@ class AlertPolicy(ArrayState):
     >>> fired
     [0, 0, 0, 0, 0, 1, 1, 1, 0, 0]
 
-    Only rising deviations of at least 5 units count for this one:
+    Only rising deviations of at least 5 units count for this one (and, on a
+    series with no history yet, one point is not enough):
 
     >>> policy = AlertPolicy(direction="high", min_deviation=5.0)
     >>> policy.resize(3)
-    >>> decision = policy.decide(
-    ...     np.arange(3), np.zeros(3), p=np.full(3, 1e-9), sign=np.array([1, -1, 1]),
-    ...     observed=np.array([110.0, 90.0, 101.0]), expected=np.full(3, 100.0))
+    >>> for t in (0.0, 60.0):
+    ...     decision = policy.decide(
+    ...         np.arange(3), np.full(3, t), p=np.full(3, 1e-9), sign=np.array([1, -1, 1]),
+    ...         observed=np.array([110.0, 90.0, 101.0]), expected=np.full(3, 100.0))
     >>> decision.firing.tolist(), decision.since.tolist()
-    ([True, False, False], [0.0, nan, nan])
+    ([True, False, False], [60.0, nan, nan])
 
     Each false positive halves a series' budget in that direction:
 

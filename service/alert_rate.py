@@ -95,14 +95,12 @@ class RecentOnsets:
         return self.count / seconds * 86_400.0 if seconds > 0 else math.nan
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain JSON, for the checkpoint."""
-        finite = {name: value if math.isfinite(value) else None for name, value in self._ends().items()}
-        return {"times": list(self.times), **finite}
+        """Plain JSON (no NaN), for the checkpoint."""
+        ends = {"since": self.since, "newest": self.newest}
+        return {"times": list(self.times), **{k: v if math.isfinite(v) else None for k, v in ends.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.times = deque(float(moment) for moment in state["times"])
-        self.since = math.nan if state["since"] is None else float(state["since"])
-        self.newest = math.nan if state["newest"] is None else float(state["newest"])
-
-    def _ends(self) -> dict[str, float]:
-        return {"since": self.since, "newest": self.newest}
+        self.since, self.newest = (
+            math.nan if state[k] is None else float(state[k]) for k in ("since", "newest")
+        )

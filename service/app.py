@@ -7,7 +7,7 @@ Routes::
     POST /api/v1/write            Prometheus remote_write receiver (snappy + protobuf)
     GET  /metrics                 scores, bands and self-metrics for Prometheus
     GET  /-/healthy, /-/ready     liveness; readiness (state restored, first evaluation done)
-    GET  /api/v1/detectors        detectors and their series counts
+    GET  /api/v1/detectors        detectors, series counts, alert budget and realized alert rate
     GET  /api/v1/series           series, optionally ?detector=…&anomalous=true
     GET  /api/v1/series/{id}      one series: latest value, band, score, warm-up status
     GET  /api/v1/alerts           recent alert events (newest first) and delivery counts
@@ -31,14 +31,15 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from detector.evaluation import Budget
 from detector.silences import Silence
 from service import web
 from service.detection import Detection, WriteFailed
 from service.prometheus import PrometheusReader
 from service.remote_write import RemoteWriteError, decode_write_request
-from service.runtime import SeriesState
+from service.runtime import DetectorRuntime, SeriesState
 from service.settings import ServiceSettings, SilenceSettings
 from service.store import Store
 
@@ -60,6 +61,72 @@ def _finite(value: float) -> float | None:
 def _series_json(state: SeriesState) -> dict[str, Any]:
     data = asdict(state)
     return {name: _finite(value) if isinstance(value, float) else value for name, value in data.items()}
+
+
+class BudgetReply(BaseModel):
+    """A detector's alert budget as configured, and said both ways for the series it watches now."""
+
+    false_alerts_per_week: float | None = Field(description="per series; null when per detector")
+    false_alerts_per_day: float | None = Field(description="for the whole detector; null when per series")
+    per_day: float = Field(description="false alerts a day the whole detector may send")
+    per_series_per_day: float | None = Field(description="false alerts a day each series may send")
+
+
+class AlertRateReply(BaseModel):
+    """The alerts a detector opened over the last 7 days of its data: its realized rate, for the budget.
+
+    Every alert onset counts, real incidents included.  Until the detector has
+    scored a week of live data (kept across restarts) the count covers less:
+    ``window_seconds`` says how much.
+    """
+
+    onsets: int = Field(description="alert onsets (one per series whose alert opened) in the window")
+    window_seconds: float = Field(description="data time the count covers: 7 days, or less since it started")
+    per_day: float | None = Field(description="onsets a day, all series together; null before any data")
+    per_series_per_day: float | None = Field(description="per_day shared over the series watched now")
+
+
+class DetectorReply(BaseModel):
+    """One detector: what it watches, how far it is, its alert budget and how often it alerted."""
+
+    name: str
+    source: str
+    query: str | None
+    model: str
+    series: int
+    warming: int
+    restored: bool
+    last_evaluation: float | None
+    budget: BudgetReply
+    alert_rate: AlertRateReply
+
+    @classmethod
+    def of(cls, runtime: DetectorRuntime) -> DetectorReply:
+        series = len(runtime.engine.series.active())
+        budget = Budget.of(runtime.engine.policy)
+        onsets = runtime.onsets
+        return cls(
+            name=runtime.name,
+            source=runtime.spec.source,
+            query=runtime.spec.query,
+            model=runtime.spec.model,
+            series=series,
+            warming=runtime.warming_count(),
+            restored=runtime.restored,
+            last_evaluation=runtime.last_eval,
+            budget=BudgetReply(
+                false_alerts_per_week=budget.false_alerts_per_week,
+                false_alerts_per_day=budget.false_alerts_per_day,
+                per_day=budget.per_day(series),
+                per_series_per_day=_finite(budget.per_series_day(series)),
+            ),
+            alert_rate=AlertRateReply(
+                onsets=onsets.count,
+                window_seconds=onsets.window_seconds,
+                per_day=_finite(onsets.per_day),
+                per_series_per_day=_finite(onsets.per_day / series) if series else None,
+            ),
+        )
 
 
 class FeedbackRequest(BaseModel):
@@ -144,20 +211,8 @@ def create_app(
         return PlainTextResponse(f"not ready: {reason}\n", status_code=503)
 
     @app.get("/api/v1/detectors")
-    def detectors(detection: DetectionDep) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": r.name,
-                "source": r.spec.source,
-                "query": r.spec.query,
-                "model": r.spec.model,
-                "series": len(r.engine.series.active()),
-                "warming": r.warming_count(),
-                "restored": r.restored,
-                "last_evaluation": r.last_eval,
-            }
-            for r in detection.runtimes.values()
-        ]
+    def detectors(detection: DetectionDep) -> list[DetectorReply]:
+        return [DetectorReply.of(runtime) for runtime in detection.runtimes.values()]
 
     @app.get("/api/v1/series")
     def series(

@@ -1,7 +1,8 @@
 """Live detection: samples from Prometheus (pulled or remote-written) through each detector's engine.
 
 One :class:`DetectorRuntime` per configured detector holds its engine, the
-labels of its series and their latest results.  Everything that mutates an
+labels of its series, their latest results and the onsets of the alerts it
+opened (:class:`~service.alert_rate.RecentOnsets`, its realized alert rate).  Everything that mutates an
 engine runs on one thread (the service's event loop), so no locks are needed;
 only network and disk I/O leave that thread.
 
@@ -28,6 +29,7 @@ from detector.incidents import Links
 from detector.labels import parse_series_key
 from detector.silences import SilenceSet
 from models.base import ArrayState, FieldSpecs
+from service.alert_rate import RecentOnsets
 from service.history import RecentHistory
 from service.remote_write import RowCache
 from service.settings import DetectorSpec
@@ -121,6 +123,8 @@ class DetectorRuntime:
         self.engine = build_engine(spec.engine_config())
         self.latest = LatestResults()
         self.history = RecentHistory(history_points)
+        #: Alert onsets of the last week of data: the realized rate beside the budget.
+        self.onsets = RecentOnsets()
         self.tracker = build_tracker(spec, spec.name, links)
         self.labels: dict[str, dict[str, str]] = {}
         self.ids: dict[str, str] = {}
@@ -202,6 +206,7 @@ class DetectorRuntime:
         self._remember(ids, t, x, scored)
         if not live or not len(ids):
             return []
+        self.onsets.observe(t, scored.onset)
         # The tracker takes each series once: its latest point and alert state.
         last = last_positions(ids)
         latest = ScoredBatch(
@@ -302,7 +307,11 @@ class DetectorRuntime:
             fingerprint=self.spec.fingerprint(),
             saved_at=self.clock(),
             arrays=arrays,
-            extra={"last_eval": self.last_eval, "incidents": self.tracker.state_dict()},
+            extra={
+                "last_eval": self.last_eval,
+                "incidents": self.tracker.state_dict(),
+                "onsets": self.onsets.state_dict(),
+            },
         )
 
     def restore(self, checkpoint: Checkpoint) -> bool:
@@ -328,5 +337,7 @@ class DetectorRuntime:
         self.last_eval = checkpoint.extra.get("last_eval")
         if "incidents" in checkpoint.extra:
             self.tracker.load_state_dict(checkpoint.extra["incidents"])
+        if "onsets" in checkpoint.extra:  # checkpoints from before the realized rate have none
+            self.onsets.load_state_dict(checkpoint.extra["onsets"])
         self.restored = True
         return True

@@ -2,7 +2,8 @@
 
 Routes::
 
-    GET /                      detectors, series anomalous now, recent alert events
+    GET /                      detectors (with alerts a day against the budget), series anomalous now,
+                               recent alert events
     GET /series/{series_id}    one series: labels, value against its band, recent history plotted
 
 Pages are rendered on the server with inline CSS and SVG: no JavaScript and
@@ -10,8 +11,9 @@ nothing fetched from elsewhere, so they work wherever the service runs, and
 they reload every 15 seconds.  Links are relative, so the pages also work
 behind a proxy that serves them under a path prefix.
 
-The pages only read: each detector's latest results and
-:class:`~service.history.RecentHistory`, and the recent alert events.  What
+The pages only read: each detector's latest results,
+:class:`~service.history.RecentHistory` and
+:class:`~service.alert_rate.RecentOnsets`, and the recent alert events.  What
 they read is the :class:`PageSource` protocol, kept on ``app.state.detection``.
 """
 
@@ -32,6 +34,8 @@ from fastapi.templating import Jinja2Templates
 
 from detector.alerts import AlertEvent
 from detector.engine import Engine
+from detector.evaluation import Budget
+from service.alert_rate import RATE_WINDOW, RecentOnsets
 from service.history import RecentHistory
 from service.runtime import LatestResults, SeriesState, series_id
 from service.settings import DetectorSpec
@@ -54,6 +58,7 @@ class PageRuntime(Protocol):
     latest: LatestResults
     ids: dict[str, str]
     history: RecentHistory
+    onsets: RecentOnsets
 
     @property
     def name(self) -> str: ...
@@ -110,8 +115,9 @@ class DetectorSummary:
     --------
     >>> from service.runtime import DetectorRuntime
     >>> runtime = DetectorRuntime(DetectorSpec(name="cpu", query="up", model="ewma"), clock=lambda: 0.0)
-    >>> DetectorSummary.of(runtime)
-    DetectorSummary(name='cpu', source='pull', selector='up', model='ewma', series=0, warming=0)
+    >>> summary = DetectorSummary.of(runtime)
+    >>> summary.name, summary.selector, summary.series, summary.alerts_per_day, summary.budget_per_day
+    ('cpu', 'up', 0, nan, 0.0)
     """
 
     name: str
@@ -120,16 +126,25 @@ class DetectorSummary:
     model: str
     series: int
     warming: int
+    #: Alert onsets a day over the last week of data (NaN before any), and the span that covers.
+    alerts_per_day: float
+    rate_window: float
+    #: The budget for the whole detector a day, for the series it watches now.
+    budget_per_day: float
 
     @classmethod
     def of(cls, runtime: PageRuntime) -> DetectorSummary:
+        series = len(runtime.engine.series.active())
         return cls(
             name=runtime.name,
             source=runtime.spec.source,
             selector=selector(runtime.spec),
             model=runtime.model_name,
-            series=len(runtime.engine.series.active()),
+            series=series,
             warming=runtime.warming_count(),
+            alerts_per_day=runtime.onsets.per_day,
+            rate_window=runtime.onsets.window_seconds,
+            budget_per_day=Budget.of(runtime.engine.policy).per_day(series),
         )
 
 
@@ -324,14 +339,26 @@ def _utc(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def format_rate(per_day: float) -> str:
+    """A rate for people: three significant digits, whole numbers from 100 on, ``n/a`` when unknown.
+
+    >>> format_rate(1 / 7), format_rate(14.2857), format_rate(1234.5), format_rate(float("nan"))
+    ('0.143', '14.3', '1,234', 'n/a')
+    """
+    if not math.isfinite(per_day):
+        return "n/a"
+    return f"{per_day:,.0f}" if abs(per_day) >= 100 else f"{per_day:.3g}"
+
+
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters.update(
-    number=format_number, rarity=format_rarity, duration=format_duration, utc=_utc, labels=format_labels
-)
+    number=format_number, rarity=format_rarity, duration=format_duration, utc=_utc, labels=format_labels,
+    rate=format_rate,
+)  # fmt: skip
 templates.env.globals.update(
     width=WIDTH, height=HEIGHT, left=LEFT, right=RIGHT,
     value_top=VALUE_TOP, value_height=VALUE_HEIGHT, score_top=SCORE_TOP, score_height=SCORE_HEIGHT,
-    anomalous_score=ANOMALOUS_SCORE,
+    anomalous_score=ANOMALOUS_SCORE, rate_window=RATE_WINDOW,
 )  # fmt: skip
 
 router = APIRouter(include_in_schema=False)

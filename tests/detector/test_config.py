@@ -51,7 +51,7 @@ def test_full_file_is_read(tmp_path: Path) -> None:
 model: seasonal
 model_params: {bins: 48, weekly: false}
 calibration: {memory: 5000, warmup: 50, direction: high}
-alerting: {false_alerts_per_week: 0.5, min_anomalous: 3, window: 5, resolve_after: 4, cooldown: 1h}
+alerting: {false_alerts_per_week: 0.5, resolve_after: 4, cooldown: 1h}
 protect_below: 0.01
 """,
         )
@@ -61,7 +61,7 @@ protect_below: 0.01
     assert (config.calibration.memory, config.calibration.warmup) == (5000, 50)
     assert config.calibration.direction == "high"
     assert config.alerting.cooldown == 3600.0
-    assert (config.alerting.min_anomalous, config.alerting.window) == (3, 5)
+    assert (config.alerting.false_alerts_per_week, config.alerting.resolve_after) == (0.5, 4)
     assert config.protect_below == 0.01
 
 
@@ -134,9 +134,17 @@ def test_auto_model_component_param_typo(tmp_path: Path) -> None:
     assert "model_params.flat.halflif: RobustEWMA has no parameter 'halflif'" in message
 
 
-def test_min_anomalous_beyond_window(tmp_path: Path) -> None:
-    message = _error(tmp_path, "alerting: {min_anomalous: 4, window: 3}\n")
-    assert "alerting: min_anomalous (4) exceeds window (3)" in message
+def test_point_counting_persistence_is_gone_with_a_hint(tmp_path: Path) -> None:
+    message = _error(tmp_path, "alerting: {min_anomalous: 2, window: 3}\n")
+    assert "config.yaml:1: alerting: min_anomalous and window are gone" in message
+    assert "remove them" in message
+
+
+def test_one_budget_or_the_other(tmp_path: Path) -> None:
+    message = _error(tmp_path, "alerting:\n  false_alerts_per_week: 1\n  false_alerts_per_day: 2\n")
+    assert "are both set; keep one" in message
+    config = load_config(_write(tmp_path, "alerting: {false_alerts_per_day: 2}\n"))
+    assert build_engine(config).policy.false_alerts_per_day == 2.0
 
 
 def test_out_of_range_value_shows_input(tmp_path: Path) -> None:
@@ -182,14 +190,15 @@ def test_build_engine_uses_every_section() -> None:
             "model": "ewma",
             "model_params": {"halflife": 6},
             "calibration": {"memory": 500, "direction": "low"},
-            "alerting": {"min_anomalous": 1, "window": 1, "cooldown": "10m"},
+            "alerting": {"false_alerts_per_day": 3, "resolve_after": 5, "cooldown": "10m"},
             "protect_below": 0.05,
         }
     )
     engine = build_engine(config)
     assert isinstance(engine.model, RobustEWMA) and engine.model.halflife == 6.0
     assert engine.calibrator.memory == 500 and engine.calibrator.direction == "low"
-    assert engine.policy.window == 1 and engine.policy.cooldown == 600.0
+    assert engine.policy.false_alerts_per_day == 3 and engine.policy.false_alerts_per_week is None
+    assert engine.policy.resolve_after == 5 and engine.policy.cooldown == 600.0
     assert engine.protect_below == 0.05
 
 

@@ -86,15 +86,17 @@ def test_ten_series_spiking_together_make_one_incident() -> None:
         found = tracker.observe(t[0], keys, by_key, t, x, scored, "ewma")
         # A week's budget over eleven series allows a false alert in the warm-up: not this test's subject.
         events += found if step >= 1000 else []
-    assert [e.change for e in events if e.change != "refreshed"] == ["opened", "resolved"]
-    opened = events[0]
-    assert opened.opened_at == 60.0 * 1001  # two anomalous points of three
+    changes = [e.change for e in events if e.change != "refreshed"]
+    # The furthest-off instances alert at once, the others join the same incident a point or two later.
+    assert changes[0] == "opened" and changes[-1] == "resolved" and set(changes[1:-1]) <= {"updated"}
+    opened, complete = events[0], events[-1]
+    assert opened.opened_at == 60.0 * 1000
     assert opened.group_labels == {"job": "api"}
-    assert len(opened.findings) == 10
-    p_values = [f.p_value for f in opened.findings]
+    assert len(complete.findings) == 10
+    p_values = [f.p_value for f in complete.findings]
     assert p_values == sorted(p_values)
-    assert {f.key for f in opened.findings} == set(keys[:10])
-    assert all(f.direction == "high" and f.model == "ewma" for f in opened.findings)
+    assert {f.key for f in complete.findings} == set(keys[:10])
+    assert all(f.direction == "high" and f.model == "ewma" for f in complete.findings)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert len({e.incident_id for e in events}) == 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,11 +128,93 @@ def test_labels_report_windows_detected(tmp_path: Path, capsys: pytest.CaptureFi
 def test_config_is_applied(tmp_path: Path) -> None:
     _spiky(tmp_path / "spiky.csv")
     config = tmp_path / "config.yaml"
-    config.write_text("model: ewma\nalerting: {min_anomalous: 1, window: 1, cooldown: 1h}\n")
+    config.write_text("model: ewma\nalerting: {direction: low, cooldown: 1h}\n")
     argv = ["backtest", str(tmp_path / "spiky.csv"), "--output", str(tmp_path / "out")]
     assert main([*argv, "--config", str(config), "--quiet"]) == 0
     rows = _read(tmp_path / "out" / "spiky.csv")
-    assert rows[SPIKE.start]["alert"] == "1"
+    assert all(rows[i]["alert"] == "0" for i in SPIKE)  # the spike is high: it alerts by default only
+
+
+def _onsets(path: Path) -> list[int]:
+    """Rows of a result file where an alert opened."""
+    firing = [row["alert"] == "1" for row in _read(path)]
+    return [i for i, now in enumerate(firing) if now and (i == 0 or not firing[i - 1])]
+
+
+def _rate_table(out: str) -> tuple[str, list[str], list[list[str]]]:
+    """The summary's alert rate against the budget: its caption, column titles and rows."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("alert rate against the budget"))
+    end = lines.index("", start) if "" in lines[start:] else len(lines)
+    titles, *rows = (re.split(r"\s{2,}", line.strip()) for line in lines[start + 1 : end])
+    return lines[start], titles, rows
+
+
+def _two_series(directory: Path) -> float:
+    """The spiky series and a noisy one beside it, over the same minutes; returns the span in days."""
+    _spiky(directory / "spiky.csv")
+    noisy = 10.0 + np.random.default_rng(1).standard_t(3, ROWS)
+    _write(directory / "noisy.csv", [(_stamp(BASE + 60 * i), f"{v:.3f}") for i, v in enumerate(noisy)])
+    return (ROWS - 1) * 60 / 86_400
+
+
+def test_summary_sets_the_alert_rate_beside_the_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    days = _two_series(tmp_path / "in")
+    config = tmp_path / "config.yaml"
+    config.write_text("model: ewma\nalerting: {false_alerts_per_day: 3}\n")
+    argv = ["backtest", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--config", str(config)]
+    assert main(argv) == 0
+    caption, titles, rows = _rate_table(capsys.readouterr().out)
+    assert caption == (
+        "alert rate against the budget, all 2 series together: every alert onset (no labels tell false ones)"
+    )
+    assert titles == ["run", "budget", "alerts/day", "budget/day", "alerts/series-day", "budget/series-day"]
+    onsets = sum(len(_onsets(tmp_path / "out" / name)) for name in ("spiky.csv", "noisy.csv"))
+    assert onsets >= 1  # the spike at least
+    # The budget is for the whole detector: 3 a day, shared by 2 series.
+    assert rows == [
+        [
+            "backtest",
+            "3 a day for the detector",
+            f"{onsets / days:.3f}",
+            "3.000",
+            f"{onsets / (2 * days):.3f}",
+            "1.500",
+        ]
+    ]
+
+
+def test_with_labels_the_rate_is_of_false_alerts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    days = _two_series(tmp_path / "in")
+    labels = tmp_path / "labels.json"
+    window = [_stamp(BASE + 60 * (SPIKE.start - 5)), _stamp(BASE + 60 * (SPIKE.stop + 5))]
+    labels.write_text(json.dumps({"spiky.csv": [window]}))
+    config = tmp_path / "config.yaml"
+    config.write_text("model: ewma\nalerting: {false_alerts_per_week: 20}\n")  # enough to see false alerts
+    argv = ["backtest", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--labels", str(labels)]
+    assert main([*argv, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    caption, titles, [row] = _rate_table(out)
+    assert caption.endswith("false alerts (onsets outside every labelled window)")
+    assert titles[2:] == ["false alerts/day", "budget/day", "false alerts/series-day", "budget/series-day"]
+    inside = range(SPIKE.start - 5, SPIKE.stop + 6)
+    spiky = _onsets(tmp_path / "out" / "spiky.csv")
+    assert any(i in inside for i in spiky)  # the labelled spike alerted, and is not counted
+    false = sum(i not in inside for i in spiky) + len(_onsets(tmp_path / "out" / "noisy.csv"))
+    assert false >= 1
+    # The budget is per series: 20 a week each, so 40/7 a day for the two.
+    assert row == [
+        "backtest",
+        "20 a week per series",
+        f"{false / days:.3f}",
+        "5.714",
+        f"{false / (2 * days):.3f}",
+        "2.857",
+    ]
+    total = next(line for line in out.splitlines() if line.startswith("total "))
+    assert total.split()[3] == str(false)  # the same false alerts as the table's total
 
 
 def test_unknown_config_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

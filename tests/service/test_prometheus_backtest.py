@@ -37,7 +37,8 @@ SPIKE = DAY + 12 * 3600.0  # 12:00-12:02 on instance "a"
 KEY_A = 'demo_latency_seconds{instance="a",job="api"}'
 FILE_A = "demo_latency_seconds-instance=a-job=api.csv"
 FILE_B = "demo_latency_seconds-instance=b-job=api.csv"
-EAGER = "model: ewma\nalerting: {min_anomalous: 1, window: 1, cooldown: 1h}\n"
+#: A generous budget (50 false alerts a week per series): alerts on the spike's first point.
+EAGER = "model: ewma\nalerting: {false_alerts_per_week: 50, cooldown: 1h}\n"
 #: The scored series as the service exports it (service/exposition.py), for the dashboard's queries.
 EXPORTED_LABELS = {"detector": "latency", "instance": "a", "job": "api", "metric": "demo_latency_seconds"}
 
@@ -198,6 +199,7 @@ def test_backtest_from_prometheus(pulled: tuple[Path, str]) -> None:
     work, out = pulled
     assert "series         2" in out and "points         2880" in out
     assert "labelled       1 of 2 series" in out
+    assert "alert rate against the budget, all 2 series together: false alerts" in out
     total = next(line for line in out.splitlines() if line.startswith("total "))
     assert total.split()[1:3] == ["1", "1"]  # the spike's window, detected
     manifest = json.loads((work / "out" / "manifest.json").read_text())

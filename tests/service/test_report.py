@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html as markup
 import json
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from detector.backtest import SeriesResult
+from detector.evaluation import Budget
 from detector.recorded import Recording, parse_timestamp
 from service.cli import main
 from service.report import Run, compare, envelope, plot_series, render_report, unmatched_onsets
@@ -19,8 +21,8 @@ BASE = parse_timestamp("2026-03-02 00:00:00")
 ROWS = 600
 SPIKE = range(500, 503)
 WINDOW = ["2026-03-02 08:15:00", "2026-03-02 08:30:00"]  # rows 495-510, around the spike
-#: Alerts on the first anomalous point; the default configuration wants two of three.
-EAGER = "model: ewma\nalerting: {min_anomalous: 1, window: 1, cooldown: 1h}\n"
+#: A budget of 50 false alerts a week per series: alerts on the spike's first point, and on some noise.
+EAGER = "model: ewma\nalerting: {false_alerts_per_week: 50, cooldown: 1h}\n"
 #: Only low values count as anomalous, so the spike (high) opens no alert.
 LOW_ONLY = "model: ewma\ncalibration: {direction: low}\n"
 
@@ -69,7 +71,7 @@ def test_report_is_one_self_contained_file(inputs: Path, capsys: pytest.CaptureF
     assert "#16a34a" in sections["spiky.csv"] and "#16a34a" not in sections["calm.csv"]
     assert "labelled incident" in sections["spiky.csv"]
     summary = html[html.index("<h2>Summary</h2>") : html.index("<h2>Series</h2>")]
-    for column in ("points", "alerts/day", "windows", "detected", "false alerts/day", "median minutes"):
+    for column in ("points", "alerts/series-day", "windows", "detected", "false alerts/series-day", "median"):
         assert column in summary
     assert summary.count('href="#series-') == 2  # each row links to its plot
 
@@ -80,7 +82,8 @@ def test_report_without_labels_has_no_label_columns(inputs: Path) -> None:
     assert main([*argv, "--report", str(report), "--quiet"]) == 0
     html = report.read_text(encoding="utf-8")
     assert html.count("<svg") == 1
-    assert "alerts/day" in html and "median minutes to detect" not in html
+    assert "alerts/series-day" in html and "median minutes to detect" not in html
+    assert "every alert onset (no labels tell false ones)" in html
 
 
 def _result(t: np.ndarray, alert: np.ndarray, onset: np.ndarray) -> SeriesResult:
@@ -136,7 +139,7 @@ def test_compare_prints_both_and_what_differs(inputs: Path, capsys: pytest.Captu
     assert f"B              {inputs / 'low.yaml'}" in out
     assert re.search(r"alerts opened  A \d+, B \d+", out)
     header = next(line for line in out.splitlines() if line.startswith("series ") and "run" in line)
-    assert "run  windows  detected  false alerts" in header and header.endswith("alerts  alerts/day")
+    assert "run  windows  detected  false alerts" in header and header.endswith("alerts  alerts/series-day")
     spiky = {line.split()[1]: line.split() for line in out.splitlines() if line.startswith("spiky.csv ")}
     assert spiky["A"][2:4] == ["1", "1"] and spiky["B"][2:4] == ["1", "0"]  # windows, detected
     assert "what B changes against A" in out
@@ -151,6 +154,54 @@ def test_compare_prints_both_and_what_differs(inputs: Path, capsys: pytest.Captu
     assert html.count("<svg") == 2  # one plot per series, both runs overlaid
     assert "What B changes against A" in html and "A: expected" in html and "B: expected" in html
     assert 'id="alert-onsets-A"' in _sections(html)["spiky.csv"]
+
+
+def _cells(row: str, tag: str) -> list[str]:
+    """The text of each ``<tag>`` cell of a table row."""
+    return [
+        markup.unescape(re.sub(r"<[^>]+>", "", cell)).strip()
+        for cell in re.findall(rf"<{tag}[^>]*>(.*?)</{tag}>", row, flags=re.S)
+    ]
+
+
+def test_each_run_has_its_alert_rate_and_budget_worded_alike_everywhere(
+    inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = inputs / "compare.html"
+    argv = ["backtest", str(inputs / "in"), "--output", str(inputs / "out"), "--labels"]
+    argv += [str(inputs / "labels.json"), "--report", str(report)]
+    assert main([*argv, "--compare", str(inputs / "eager.yaml"), str(inputs / "low.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("alert rate against the budget"))
+    caption = lines[at]
+    assert caption.endswith("all 2 series together: false alerts (onsets outside every labelled window)")
+    titles, a, b = (re.split(r"\s{2,}", line.strip()) for line in lines[at + 1 : at + 4])
+    assert titles == [
+        "run",
+        "budget",
+        "false alerts/day",
+        "budget/day",
+        "false alerts/series-day",
+        "budget/series-day",
+    ]
+    days = (ROWS - 1) / 1440
+    false_alerts = {line.split()[1]: int(line.split()[4]) for line in lines if line.startswith("total ")}
+    assert false_alerts["A"] >= 1 and false_alerts["B"] == 0
+    # Each run against its own budget: 50 a week per series for A, the default 1 for B.
+    per_day = false_alerts["A"] / days
+    assert a == ["A", "50 a week per series", f"{per_day:.3f}", "14.286", f"{per_day / 2:.3f}", "7.143"]
+    assert b == ["B", "1 a week per series", "0.000", "0.286", "0.000", "0.143"]
+    # The report's run table says the same, in the same words.
+    table = re.search(
+        r'<table id="rates">(.*?)</table>\s*<p class="meta">(.*?)</p>', report.read_text(), re.S
+    )
+    assert table is not None
+    header, *rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), flags=re.S)
+    assert _cells(header, "th") == ["run", "configuration", "alerts", *titles[1:]]
+    for row, terminal in zip(rows, (a, b), strict=True):
+        cells = _cells(row, "td")
+        assert [cells[0], *cells[3:]] == terminal
+    assert markup.unescape(table.group(2)) == caption[:1].upper() + caption[1:] + "."
 
 
 def test_identical_configurations_differ_in_nothing(inputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,7 +223,7 @@ def test_config_and_compare_exclude_each_other(inputs: Path, capsys: pytest.Capt
 
 def test_render_report_refuses_three_runs() -> None:
     with pytest.raises(ValueError, match="one run or compares two, not 3"):
-        render_report([Run(name, "defaults", []) for name in "ABC"])
+        render_report([Run(name, "defaults", Budget(false_alerts_per_week=1.0), []) for name in "ABC"])
 
 
 #: What the service exports (service/exposition.py); a histogram adds _bucket, _sum and _count.
