@@ -24,7 +24,7 @@ import numpy as np
 
 #: The realized rate is counted over this much of the data's time (seconds).
 RATE_WINDOW = 7 * 86_400.0
-#: Onsets kept at most; past that the window starts at the oldest kept one.
+#: Onsets kept at most; past that the window starts where the last one was dropped.
 MAX_ONSETS = 100_000
 
 
@@ -34,8 +34,8 @@ class RecentOnsets:
     The window covered (:attr:`window_seconds`) runs from the first live sample
     (:attr:`since`) to the newest until a whole ``window`` has been seen, then
     slides with the newest sample.  At most ``limit`` onsets are kept: when one
-    more arrives the oldest is dropped and the window starts there, so memory
-    stays bounded and the rate stays honest about what it covers.
+    more arrives the oldest is dropped and the window starts at its time, so
+    memory stays bounded and the rate stays honest about what it covers.
 
     Examples
     --------

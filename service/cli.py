@@ -19,10 +19,10 @@ later like ``replay_data/``.  Times are RFC3339, Unix seconds, ``now`` or
 ``now-2h``.
 
 ``--compare A.yaml B.yaml`` runs two configurations on the same data (results
-in ``DIR/A`` and ``DIR/B``) and shows what B changes against A: alert rates
-against each one's budget, windows detected, false alerts, time to detect, and which windows and alerts
-differ.  ``--report FILE`` writes all of it, with a plot per series, as one
-self-contained HTML page.
+in ``DIR/A`` and ``DIR/B``) and shows what B changes against A: each one's
+alert rate against its own budget, windows detected, false alerts, time to
+detect, and which windows and alerts differ.  ``--report FILE`` writes all of
+it, with a plot per series, as one self-contained HTML page.
 
 Bad input is reported as ``anomaly-detector: error: <what and where>`` on
 stderr with exit status 2, never as a traceback.

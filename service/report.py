@@ -117,7 +117,7 @@ def rate_caption(labelled: bool, series: int) -> str:
     >>> rate_caption(labelled=False, series=2)
     'alert rate against the budget, all 2 series together: every alert onset (no labels tell false ones)'
     """
-    together = "the one series" if series == 1 else f"all {series} series together"
+    together = "1 series" if series == 1 else f"all {series} series together"
     counted = (
         "false alerts (onsets outside every labelled window)"
         if labelled
@@ -513,6 +513,7 @@ def render_report(runs: list[Run], labels: Mapping[str, list[Window]] | None = N
     ]
     columns = rate_columns(bool(labels))
     caption = rate_caption(bool(labels), len(runs[0].results))
+    rates = [run.alert_rate(labels or None) for run in runs]
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return environment.from_string(_TEMPLATE).render(
         source=source,
@@ -521,7 +522,7 @@ def render_report(runs: list[Run], labels: Mapping[str, list[Window]] | None = N
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         runs=runs,
         rate_titles=[title for title, _ in columns],
-        rates=[[cell(run.alert_rate(labels or None)) for _, cell in columns] for run in runs],
+        rates=[[cell(rate) for _, cell in columns] for rate in rates],
         rate_caption=caption[:1].upper() + caption[1:],
         labelled=bool(labels),
         # Interleave the runs' rows, so A and B of one series are adjacent.

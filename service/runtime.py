@@ -2,9 +2,9 @@
 
 One :class:`DetectorRuntime` per configured detector holds its engine, the
 labels of its series, their latest results and the onsets of the alerts it
-opened (:class:`~service.alert_rate.RecentOnsets`, its realized alert rate).  Everything that mutates an
-engine runs on one thread (the service's event loop), so no locks are needed;
-only network and disk I/O leave that thread.
+opened (:class:`~service.alert_rate.RecentOnsets`: its realized alert rate).
+Everything that mutates an engine runs on one thread (the service's event
+loop), so no locks are needed; only network and disk I/O leave that thread.
 
 History is replayed through the same engine with alerts quieted afterwards:
 a new pull series is warm-started from ``lookback`` of its own history, and

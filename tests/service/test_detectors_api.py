@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def _spiky_shop(client: TestClient, start: float, steps: int, spike_from: int) -
         _write(client, [SHOP], start + step * STEP, [value])
 
 
-def _detectors(client: TestClient) -> dict[str, dict[str, object]]:
+def _detectors(client: TestClient) -> dict[str, dict[str, Any]]:
     reply = client.get("/api/v1/detectors")
     assert reply.status_code == 200, reply.text
     return {detector["name"]: detector for detector in reply.json()}

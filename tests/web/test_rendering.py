@@ -11,8 +11,17 @@ from fastapi.testclient import TestClient
 from detector.alerts import AlertEvent
 from service.runtime import DetectorRuntime, series_id
 from service.sinks import example_event, format_number
-from service.web import series_plot
-from tests.web.pages import INSTANCES, SPIKING, FakeSource, demo_key, demo_samples, listed_keys, section
+from service.web import format_rate, series_plot
+from tests.web.pages import (
+    INSTANCES,
+    SPIKING,
+    STEP,
+    FakeSource,
+    demo_key,
+    demo_samples,
+    listed_keys,
+    section,
+)
 
 END = 1_700_000_000.0
 
@@ -49,6 +58,22 @@ def test_overview_before_any_data_says_so(client: TestClient) -> None:
     page = client.get("/")
     assert "Nothing anomalous" in section(page.text, "anomalous")
     assert listed_keys(page.text) == []
+    assert "n/a alerts/day (budget 0)" in section(page.text, "detectors")
+
+
+def test_overview_shows_each_detectors_alerts_a_day_against_its_budget(
+    client: TestClient, fed: DetectorRuntime
+) -> None:
+    onsets = 0
+    for instance in INSTANCES:  # every point is kept: count where each series' alert opened
+        alert = fed.history.series(fed.engine.series.ids([demo_key(instance)])[0])["alert"]
+        onsets += int(alert[0]) + int(np.sum(alert[1:] & ~alert[:-1]))
+    assert onsets >= 1  # the spike
+    covered = 202 * STEP  # the data's first sample to its newest
+    rate = section(client.get("/").text, "detectors")
+    # Three series at the default budget, one false alert a week each.
+    assert f"{format_rate(onsets / covered * 86_400)} alerts/day (budget 0.429)" in rate
+    assert "over 50m 30s" in rate  # less than the week the rate is counted over
 
 
 def test_alert_events_are_listed_and_explained_on_their_series_page(
