@@ -5,11 +5,14 @@ load, autocorrelated and heavy-tailed latency, counts, ratios, a GC sawtooth,
 slow drift, AR(1) noise with phi = 0.9, and a series evaluated four times per
 scrape (each sample seen four times).  The generators are the fleet
 benchmark's (``benchmarks/fleet_data.py``), with seeds the benchmark does not
-use.  Each kind runs 40 anomaly-free series for 14 days at one sample a minute
-through the default engine; onsets after a 3-day warm-up must stay within
+use.  Each kind runs 100 anomaly-free series for 16 days at one sample a minute
+through the default engine; onsets after the first 8 days must stay within
 twice the budget, for the per-series budget (the default, one a week) and for
-a per-detector budget (two a day for the whole detector, five times stricter
-per series here).
+a per-detector budget (three a day for the whole detector, three times
+stricter per series here).  The warm-up is a week and a day because load, and
+what follows it, is lower at weekends: a series that has never seen a weekend
+meets behaviour it has never shown, which no budget covers (see
+:mod:`detector.policy`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import pytest
 from benchmarks.fleet_data import KINDS, kind_series
 from detector.config import build_engine, parse_config
 
-SERIES = 40
-DAYS = 14.0
-WARMUP_DAYS = 3.0
+SERIES = 100
+DAYS = 16.0
+WARMUP_DAYS = 8.0
 SEED = 23
 
 
@@ -52,8 +55,8 @@ CASES = [(kind, 1) for kind in KINDS] + [("ar1_phi09", 4)]
 @pytest.mark.parametrize(("kind", "repeat"), CASES, ids=[f"{k}x{r}" for k, r in CASES])
 @pytest.mark.parametrize(
     "alerting",
-    [{}, {"false_alerts_per_day": 2.0}],
-    ids=["per-series-1-a-week", "per-detector-2-a-day"],
+    [{}, {"false_alerts_per_day": 3.0}],
+    ids=["per-series-1-a-week", "per-detector-3-a-day"],
 )
 def test_false_alerts_stay_within_twice_the_budget(kind: str, repeat: int, alerting: dict[str, Any]) -> None:
     ratio = _onsets_per_budget(kind, alerting, repeat)
