@@ -99,7 +99,7 @@ _DRIFT = -float(np.log(EVIDENCE_P))
 #: One point counts as no stronger evidence than this p-value: ten thousand points of history
 #: cannot tell one-in-a-million from one-in-a-billion, and a single point claimed that rare
 #: would outweigh everything else (a sustained deviation still adds up to any level).
-STRONGEST_P = 1e-6
+STRONGEST_P = 1e-4
 #: Episodes whose peaks the policy remembers (decayed), per series.
 EPISODE_MEMORY = 1000.0
 #: Episodes beyond a level needed to trust their count there, and the share of them the tail is fitted to.
