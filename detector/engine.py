@@ -25,7 +25,7 @@ from numba import njit
 
 from detector.calibration import Direction, TailCalibrator
 from detector.domain import ValueDomain
-from detector.policy import HIGH, LOW, AlertPolicy
+from detector.policy import HIGH, LOW, STRONGEST_P, AlertPolicy
 from detector.repeats import RepeatFilter
 from detector.whitening import ResidualWhitener
 from models.base import OnlineModel

@@ -108,8 +108,8 @@ PEAK_TAIL_FIT = 0.1
 #: Points over which the episode rate is measured (decayed), per series.
 POINT_MEMORY = 10_000.0
 #: How many episodes the independent-data prior weighs, and its episode rate per point.
-PRIOR_EPISODES = 50
-PRIOR_SCALE = 2.0
+PRIOR_EPISODES = 20
+PRIOR_SCALE = 3.0
 PRIOR_RATE = 1.0 / 21.0
 #: Peaks are stored as ``sinh(PEAK_UNIT * peak - 8)``: the histogram's asinh axis, -8 to 8, is then
 #: linear in the peak, from 0 to :data:`MAX_LEVEL`, the highest alert level a series can need.
