@@ -31,13 +31,14 @@ from detector.config import DetectorConfig, build_engine  # noqa: E402
 
 
 def state_bytes_per_series(engine) -> float:
-    """Bytes held per series by model, calibrator and policy arrays."""
-    arrays = [
-        *engine.model.state_dict().values(),
-        *engine.calibrator.arrays.values(),
-        *engine.policy.arrays.values(),
+    """Bytes of per-series state: every array of the engine's checkpoint (models, calibration,
+    policy with its episode peaks, repeat filter, whitening, value range), series keys aside."""
+    per_series = [
+        array
+        for name, array in engine.state_dict().items()
+        if name != "engine.keys" and array.ndim and len(array) == len(engine.series)
     ]
-    return sum(a.nbytes for a in arrays) / len(engine.series)
+    return sum(a.nbytes for a in per_series) / len(engine.series)
 
 
 def measure(n_series: int, batches: int, warm_batches: int) -> tuple[float, float]:

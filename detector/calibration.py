@@ -60,8 +60,6 @@ _TAIL_FIT_POINTS = 10.0
 _RESCALE_AT = 1e12
 #: Decades below the fitting threshold that a light-tailed GPD fit is trusted.
 _TRUSTED_DECADES = 2.0
-#: Decades beyond one-in-(points remembered) that a p-value may claim.
-_EXTRAPOLATION_DECADES = 2.0
 _MAX_HAZARD = 4.0
 
 
@@ -96,16 +94,8 @@ def _bin_of(z: float) -> tuple[float, int]:
 
 
 @njit(cache=True)
-def _floor(seen: float, warmup: float, count: float) -> float:
-    """The smallest p-value the past supports.
-
-    While warming up, 1/(seen+1): five points cannot be sure.  After, at most
-    :data:`_EXTRAPOLATION_DECADES` decades beyond the one-in-``count`` the
-    histogram can see: the fitted tail says how far out a point is, but no
-    fit of ten thousand points knows a one-in-a-billion event from a
-    one-in-a-million one, and p-values claimed that small would outweigh
-    every other point of evidence.
-    """
+def _floor(seen: float, warmup: float) -> float:
+    """No p-value below 1/(seen+1) while warming up: five points cannot be sure."""
     return 1.0 / (seen + 1.0) if seen < warmup else 1e-12
 
 
@@ -126,11 +116,13 @@ def _survival_kernel(
     warmup: float,
     tail_support: float,
     tail_fit_fraction: float,
+    sides: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """P(Z >= z) and P(Z <= z) of each deviation under its series' histogram.
 
     Empirical where the histogram holds enough mass that far out, else the
-    extrapolated tail; never below the warm-up floor.
+    extrapolated tail; never below the warm-up floor.  ``sides`` 1 computes
+    only P(Z >= z) (the other is left at 1), 2 both.
     """
     n = len(ids)
     position, index = np.empty(n), np.empty(n, dtype=np.int64)
@@ -147,10 +139,13 @@ def _survival_kernel(
     high, low = np.empty(n), np.empty(n)
     for i in range(n):
         total, count = cells[i, 0], cells[i, 0] / cells[i, 3]
-        floor = _floor(cells[i, 4], warmup, count)
+        floor = _floor(cells[i, 4], warmup)
         row = ids[i]
         inside = min(max((position[i] - _EDGES[index[i]]) / _WIDTH, 0.0), 1.0)
         for upper in (True, False):
+            if not upper and sides == 1:
+                low[i] = 1.0
+                continue
             if upper:
                 at_mass, beyond_mass, depth = cells[i, 1], cells[i, 2], inside
             else:
@@ -279,8 +274,11 @@ def _tail_mass(stored: np.ndarray, row: int, k: int, upper: bool) -> float:
 
 
 @njit(cache=True)
-def _extrapolate(stored: np.ndarray, row: int, unit: float, u: float, upper: bool, fit_fraction: float) -> float:
+def _fit_tail(stored: np.ndarray, row: int, unit: float, upper: bool, fit_fraction: float):  # type: ignore[no-untyped-def]
     """Generalised Pareto tail in u fitted to the top of one side of the histogram (SPOT).
+
+    Returns the threshold (on the u axis), the mass beyond it (a share), and
+    the shape and scale of the excesses.
 
     The shape and scale come from the method of moments on the excesses over
     the threshold; a negative shape (a light tail, as for Gaussian data)
@@ -313,7 +311,37 @@ def _extrapolate(stored: np.ndarray, row: int, unit: float, u: float, upper: boo
     shape = min(max(0.5 * (1.0 - ratio), -0.5), 0.5)
     scale = 0.5 * mean * (1.0 + ratio)
     p_threshold = _tail_mass(stored, row, threshold_bin, upper) / total
+    return threshold_u, p_threshold, shape, scale
+
+
+@njit(cache=True)
+def _extrapolate(stored: np.ndarray, row: int, unit: float, u: float, upper: bool, fit_fraction: float) -> float:
+    """The fitted tail (:func:`_fit_tail`) at ``u``."""
+    threshold_u, p_threshold, shape, scale = _fit_tail(stored, row, unit, upper, fit_fraction)
     return p_threshold * _pareto_survival(max(u - threshold_u, 0.0), shape, scale)
+
+
+@njit(cache=True)
+def upper_survival_at(  # type: ignore[no-untyped-def]
+    stored: np.ndarray, unit: np.ndarray, row: int, u: float, support: float, fit
+) -> float:
+    """P(Z >= z) of one series at position ``u`` of the asinh axis, with its tail fit given.
+
+    For callers that evaluate one series at many points (solving for a
+    level): the fit (from :func:`_fit_tail`) is done once.  No tie
+    randomisation and no warm-up floor: the caller's values are continuous.
+    """
+    total = stored[row, 0]
+    if not total > 0:
+        return 1.0
+    position = min(max(u, -_U_MAX), _U_MAX - 1e-9)
+    k = min(int((position + _U_MAX) / _WIDTH), _BINS - 1)
+    depth = min(max((position - _EDGES[k]) / _WIDTH, 0.0), 1.0)
+    value, thin = _bin_survival(stored[row, k], stored[row, k + 1], total, total / unit[row], depth, support)
+    if thin:
+        threshold_u, p_threshold, shape, scale = fit
+        value = p_threshold * _pareto_survival(max(position - threshold_u, 0.0), shape, scale)
+    return min(value, 1.0)
 
 
 class TailCalibrator(ArrayState):
@@ -414,6 +442,7 @@ class TailCalibrator(ArrayState):
             float(self.warmup),
             self.tail_support,
             self.tail_fit_fraction,
+            1 if self.direction == "high" else 2,
         )
 
     def p_value(self, ids: np.ndarray, z: np.ndarray) -> np.ndarray:

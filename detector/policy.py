@@ -82,7 +82,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
-from detector.calibration import Direction, TailCalibrator
+from detector.calibration import Direction, TailCalibrator, _fit_tail, upper_survival_at
 from models.base import ArrayState, FieldSpecs
 
 SECONDS_PER_WEEK = 7 * 24 * 3600.0
@@ -115,6 +115,8 @@ PRIOR_RATE = 1.0 / 21.0
 #: linear in the peak, from 0 to :data:`MAX_LEVEL`, the highest alert level a series can need.
 PEAK_UNIT = 0.25
 MAX_LEVEL = 16.0 / PEAK_UNIT
+#: Halvings of 0 .. MAX_LEVEL that find an alert level (to 0.004).
+_LEVEL_STEPS = 14
 
 
 def _peak_axis(peak: np.ndarray) -> np.ndarray:
@@ -159,21 +161,36 @@ class AlertDecision:
     suspicion: np.ndarray
 
 
-def peak_survival(peaks: TailCalibrator, ids: np.ndarray, level: np.ndarray) -> np.ndarray:
-    """P(an episode's peak >= level): the series' own episodes, and a prior that fades as they arrive.
+@njit(cache=True)
+def _level_kernel(stored, unit, rows, targets, support, fit_fraction):  # type: ignore[no-untyped-def]
+    """For each series (``rows``), the peak level whose survival is ``targets``: by halving 0 .. MAX_LEVEL.
 
-    The prior is an exponential tail of scale :data:`PRIOR_SCALE`, heavier
-    than independent p-values give (scale about 1): while a series has seen
-    few episodes its alert level errs high.  It weighs ``W**2 / (W + n)``
-    episodes against the ``n`` the series has seen (``W`` =
+    The survival is the series' own episodes and a prior that fades as they
+    arrive: an exponential tail of scale :data:`PRIOR_SCALE`, heavier than
+    independent p-values give (scale about 1), so that while a series has
+    seen few episodes its alert level errs high.  The prior weighs
+    ``W**2 / (W + n)`` episodes against the ``n`` the series has seen (``W`` =
     :data:`PRIOR_EPISODES`): all of the say at first, a few percent after a
-    thousand episodes.
+    hundred episodes.  Peaks sit on the histogram's axis at
+    ``PEAK_UNIT * peak - 8`` (see :func:`_peak_axis`).
     """
-    seen = peaks.effective_count(ids)
-    weight = PRIOR_EPISODES**2 / (PRIOR_EPISODES + seen)
-    prior = np.exp(-np.asarray(level, dtype=np.float64) / PRIOR_SCALE)
-    own = np.where(seen > 0, peaks.p_value(ids, _peak_axis(level)), 0.0)
-    return (weight * prior + seen * own) / (weight + seen)
+    out = np.empty(len(rows))
+    for i in range(len(rows)):
+        row = rows[i]
+        seen = stored[row, 0] / unit[row]
+        weight = PRIOR_EPISODES**2 / (PRIOR_EPISODES + seen)
+        fit = _fit_tail(stored, row, unit[row], True, fit_fraction) if seen > 0 else (0.0, 0.0, 0.0, 1.0)
+        low, high = 0.0, MAX_LEVEL
+        for _ in range(_LEVEL_STEPS):
+            middle = 0.5 * (low + high)
+            own = upper_survival_at(stored, unit, row, PEAK_UNIT * middle - 8.0, support, fit) if seen > 0 else 0.0
+            survival = (weight * np.exp(-middle / PRIOR_SCALE) + seen * own) / (weight + seen)
+            if survival <= targets[i]:
+                high = middle
+            else:
+                low = middle
+        out[i] = high
+    return out
 
 
 class AlertPolicy(ArrayState):
@@ -203,31 +220,31 @@ class AlertPolicy(ArrayState):
 
     Examples
     --------
-    One very unusual point, or a few moderately unusual ones in a row, open an
-    alert; three ordinary points resolve it:
+    Unusual points in a row add up to an alert (on a new series, three at
+    p = 1e-4: it has no episodes of its own yet and errs high); three ordinary
+    points resolve it:
 
     >>> import numpy as np
     >>> policy = AlertPolicy(false_alerts_per_week=1)
     >>> policy.resize(1)
     >>> ids = np.array([0])
     >>> fired = []
-    >>> for step, p in enumerate([0.5, 1e-3, 0.5, 1e-3, 1e-3, 1e-3, 0.5, 0.5, 0.5, 0.5]):
+    >>> for step, p in enumerate([0.5, 1e-4, 0.5, 1e-4, 1e-4, 1e-4, 1e-4, 0.5, 0.5, 0.5, 0.5]):
     ...     decision = policy.decide(ids, np.array([60.0 * step]), np.array([p]))
     ...     fired.append(int(decision.firing[0]))
     >>> fired
-    [0, 0, 0, 0, 0, 1, 1, 1, 0, 0]
+    [0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0]
 
-    Only rising deviations of at least 5 units count for this one (and, on a
-    series with no history yet, one point is not enough):
+    Only rising deviations of at least 5 units count for this one:
 
     >>> policy = AlertPolicy(direction="high", min_deviation=5.0)
     >>> policy.resize(3)
-    >>> for t in (0.0, 60.0):
+    >>> for t in (0.0, 60.0, 120.0, 180.0):
     ...     decision = policy.decide(
     ...         np.arange(3), np.full(3, t), p=np.full(3, 1e-9), sign=np.array([1, -1, 1]),
     ...         observed=np.array([110.0, 90.0, 101.0]), expected=np.full(3, 100.0))
     >>> decision.firing.tolist(), decision.since.tolist()
-    ([True, False, False], [60.0, nan, nan])
+    ([True, False, False], [180.0, nan, nan])
 
     Each false positive halves a series' budget in that direction:
 
@@ -343,16 +360,19 @@ class AlertPolicy(ArrayState):
         interval = self.arrays["interval"][rows]
         seconds = np.where(interval > 0, interval, DEFAULT_INTERVAL)
         rate = self.arrays["episodes"][rows] / self.arrays["points"][rows]
-        both = np.concatenate([rows, rows])
-        target = np.concatenate([self.arrays["budget_scale"][rows, side] for side in (HIGH, LOW)])
-        target *= np.tile(self.budget_per_second * seconds / np.maximum(rate, 1e-12), 2)
-        low, high = np.zeros(len(both)), np.full(len(both), MAX_LEVEL)
-        for _ in range(20):
-            middle = 0.5 * (low + high)
-            rare_enough = peak_survival(self.peaks, both, middle) <= target
-            high = np.where(rare_enough, middle, high)
-            low = np.where(rare_enough, low, middle)
-        self.arrays["level"][rows] = high.reshape(2, -1).T
+        per_episode = self.budget_per_second * seconds / np.maximum(rate, 1e-12)
+        scale = self.arrays["budget_scale"][rows]
+        # The low side needs its own solution only where feedback made its budget differ.
+        apart = scale[:, LOW] != scale[:, HIGH]
+        solve = np.concatenate([rows, rows[apart]])
+        target = np.concatenate([scale[:, HIGH], scale[apart, LOW]]) * np.concatenate([per_episode, per_episode[apart]])
+        peaks = self.peaks.arrays
+        high = _level_kernel(
+            peaks["mass_at_or_above"], peaks["unit"], solve, target, PEAK_TAIL_SUPPORT, PEAK_TAIL_FIT
+        )
+        levels = np.repeat(high[: len(rows), None], 2, axis=1)
+        levels[apart, LOW] = high[len(rows) :]
+        self.arrays["level"][rows] = levels
         self.arrays["level_stale"][rows] = False
 
     # -- state ----------------------------------------------------------------
@@ -415,7 +435,6 @@ class AlertPolicy(ArrayState):
             1.0 - 1.0 / POINT_MEMORY,
         )
         self._refresh_levels(ids)
-        band_p = np.empty((n, 2))
         learned = np.full(n, np.nan)
         firing, onset, since, lowest_p, alert_sign, suspicion = _decide_kernel(
             *(self.arrays[name] for name in _KERNEL_STATE),
@@ -423,7 +442,6 @@ class AlertPolicy(ArrayState):
             *(np.asarray(a, dtype=np.float64) for a in (t, p, sign, *size_args)),
             sized,
             settings,
-            band_p,
             learned,
         )
         ended = ~np.isnan(learned)
@@ -431,6 +449,7 @@ class AlertPolicy(ArrayState):
             rows = ids[ended]
             self.peaks.learn(rows, _peak_axis(learned[ended]), np.ones(len(rows)))
             self.arrays["level_stale"][rows] = True
+        band_p = np.minimum(np.exp(-(_DRIFT + self.arrays["level"][ids] / BAND_POINTS)), 1.0)
         return AlertDecision(
             firing=firing,
             onset=onset,
@@ -471,14 +490,14 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
     expected,
     sized,
     settings,
-    band_p,
     learned,
 ):
     """One point per series: track its sampling interval, its evidence and episode, then its alert.
 
-    Fills ``band_p`` (high, low) and, for series whose episode ended,
-    ``learned`` (the peak to learn); returns per point: firing, onset, since,
-    lowest_p, alert_sign and suspicion.
+    Fills ``learned`` (the peak to learn) for series whose episode ended;
+    returns per point: firing, onset, since, lowest_p, alert_sign and
+    suspicion.  (One loop body, not a helper per point: a call passing
+    thirty arrays costs more than the work.)
     """
     watched, min_deviation, min_relative, resolve_after, cooldown, keep = settings
     n = len(ids)
@@ -488,15 +507,64 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
     suspicion = np.zeros(n)
     for i in range(n):
         row, now, pv = ids[i], t[i], p[i]
-        for side in range(2):
-            band_p[i, side] = min(np.exp(-(_DRIFT + level[row, side] / BAND_POINTS)), 1.0)
         if np.isfinite(pv) and np.isfinite(now):
-            _judge(
-                evidence, in_episode, peak, onset_level, firing_state, quiet_run, cooldown_until,
-                since_state, lowest_state, sign_state, episodes, points, level, level_stale,
-                interval, last_t, row, now, pv, sign[i], observed[i], expected[i], sized,
-                watched, min_deviation, min_relative, resolve_after, cooldown, keep, onset_out, learned, i,
-            )  # fmt: skip
+            # A slow EWMA of positive gaps, each capped at 4 intervals: robust to a missed scrape or an outage.
+            gap = now - last_t[row]
+            if np.isfinite(gap) and gap > 0:
+                if interval[row] > 0:
+                    interval[row] = 0.95 * interval[row] + 0.05 * min(gap, 4.0 * interval[row])
+                else:
+                    interval[row] = gap
+                    level_stale[row] = True
+            last_t[row] = now
+            side_sign = 1 if sign[i] > 0 else (-1 if sign[i] < 0 else 0)
+            # Whether the deviation goes the watched way and is large enough to matter;
+            # NaN (no expectation yet) fails the comparisons: no evidence.
+            counts = watched == 0 or (side_sign > 0 if watched > 0 else side_sign < 0)
+            if sized:
+                size = abs(observed[i] - expected[i])
+                counts = counts and size >= min_deviation and size >= min_relative * abs(expected[i])
+            strength = -np.log(max(pv, STRONGEST_P)) if counts else 0.0
+            evidence[row, 0] = max(0.0, evidence[row, 0] + (strength if side_sign > 0 else 0.0) - _DRIFT)
+            evidence[row, 1] = max(0.0, evidence[row, 1] + (strength if side_sign < 0 else 0.0) - _DRIFT)
+            now_level = max(evidence[row, 0], evidence[row, 1])
+            points[row] = points[row] * keep + 1.0
+            episodes[row] *= keep
+            if now_level > 0 and not in_episode[row]:
+                in_episode[row] = True
+                episodes[row] += 1.0
+                peak[row] = 0.0
+                onset_level[row] = np.nan
+                lowest_state[row] = np.inf
+            if in_episode[row] and counts and pv < lowest_state[row]:
+                lowest_state[row] = pv
+                sign_state[row] = np.int8(side_sign)
+            peak[row] = max(peak[row], now_level)
+            was_firing = firing_state[row]
+            calm = not counts or pv > EVIDENCE_P
+            run = quiet_run[row] + 1 if calm else 0
+            resolves = was_firing and run >= resolve_after
+            if resolves:
+                cooldown_until[row] = now + cooldown
+                evidence[row, 0] = 0.0
+                evidence[row, 1] = 0.0
+                now_level = 0.0
+            side = 0 if evidence[row, 0] >= evidence[row, 1] else 1
+            onset = (
+                not was_firing and now_level > 0 and now_level >= level[row, side] and now >= cooldown_until[row]
+            )
+            if onset:
+                onset_level[row] = now_level
+                since_state[row] = now
+            firing_state[row] = (was_firing and not resolves) or onset
+            quiet_run[row] = 0 if onset else run
+            onset_out[i] = onset
+            if not firing_state[row]:
+                since_state[row] = np.nan
+                if in_episode[row] and now_level == 0:
+                    in_episode[row] = False
+                    # Alerted: learned where it crossed the level, so an outage does not stretch the tail.
+                    learned[i] = peak[row] if np.isnan(onset_level[row]) else onset_level[row]
         firing = firing_state[row]
         firing_out[i] = firing
         side = 0 if evidence[row, 0] >= evidence[row, 1] else 1
@@ -504,74 +572,3 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
         if firing:
             since_out[i], lowest_out[i], sign_out[i] = since_state[row], lowest_state[row], sign_state[row]
     return firing_out, onset_out, since_out, lowest_out, sign_out, suspicion
-
-
-@njit(cache=True)
-def _judge(  # type: ignore[no-untyped-def]
-    evidence, in_episode, peak, onset_level, firing_state, quiet_run, cooldown_until,
-    since_state, lowest_state, sign_state, episodes, points, level, level_stale,
-    interval, last_t, row, now, pv, deviation_sign, observed, expected, sized,
-    watched, min_deviation, min_relative, resolve_after, cooldown, keep, onset_out, learned, i,
-):  # fmt: skip
-    """One decided point of one series (see :func:`_decide_kernel`)."""
-    # A slow EWMA of positive gaps, each capped at 4 intervals: robust to a missed scrape or an outage.
-    gap = now - last_t[row]
-    if np.isfinite(gap) and gap > 0:
-        if interval[row] > 0:
-            interval[row] = 0.95 * interval[row] + 0.05 * min(gap, 4.0 * interval[row])
-        else:
-            interval[row] = gap
-            level_stale[row] = True
-    last_t[row] = now
-    side_sign = 1 if deviation_sign > 0 else (-1 if deviation_sign < 0 else 0)
-    # Whether the deviation goes the watched way and is large enough to matter;
-    # NaN (no expectation yet) fails the comparisons: no evidence.
-    counts = watched == 0 or (side_sign > 0 if watched > 0 else side_sign < 0)
-    if sized:
-        size = abs(observed - expected)
-        counts = counts and size >= min_deviation and size >= min_relative * abs(expected)
-    strength = -np.log(max(pv, STRONGEST_P)) if counts else 0.0
-    before = max(evidence[row, 0], evidence[row, 1])
-    evidence[row, 0] = max(0.0, evidence[row, 0] + (strength if side_sign > 0 else 0.0) - _DRIFT)
-    evidence[row, 1] = max(0.0, evidence[row, 1] + (strength if side_sign < 0 else 0.0) - _DRIFT)
-    now_level = max(evidence[row, 0], evidence[row, 1])
-    points[row] = points[row] * keep + 1.0
-    episodes[row] *= keep
-    if now_level > 0 and not in_episode[row]:
-        in_episode[row] = True
-        episodes[row] += 1.0
-        peak[row] = 0.0
-        onset_level[row] = np.nan
-        lowest_state[row] = np.inf
-    if in_episode[row] and counts and pv < lowest_state[row]:
-        lowest_state[row] = pv
-        sign_state[row] = np.int8(side_sign)
-    peak[row] = max(peak[row], now_level)
-    was_firing = firing_state[row]
-    calm = not counts or pv > EVIDENCE_P
-    run = quiet_run[row] + 1 if calm else 0
-    resolves = was_firing and run >= resolve_after
-    if resolves:
-        cooldown_until[row] = now + cooldown
-        evidence[row, 0] = 0.0
-        evidence[row, 1] = 0.0
-        now_level = 0.0
-    side = 0 if evidence[row, 0] >= evidence[row, 1] else 1
-    onset = (
-        not was_firing
-        and now_level > 0
-        and now_level >= level[row, side]
-        and now >= cooldown_until[row]
-    )
-    if onset:
-        onset_level[row] = now_level
-        since_state[row] = now
-    firing = (was_firing and not resolves) or onset
-    firing_state[row] = firing
-    quiet_run[row] = 0 if onset else run
-    onset_out[i] = onset
-    if not firing:
-        since_state[row] = np.nan
-    if in_episode[row] and now_level == 0 and not firing:
-        in_episode[row] = False
-        learned[i] = peak[row] if np.isnan(onset_level[row]) else onset_level[row]

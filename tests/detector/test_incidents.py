@@ -90,7 +90,7 @@ def test_ten_series_spiking_together_make_one_incident() -> None:
     # The furthest-off instances alert at once, the others join the same incident a point or two later.
     assert changes[0] == "opened" and changes[-1] == "resolved" and set(changes[1:-1]) <= {"updated"}
     opened, complete = events[0], events[-1]
-    assert opened.opened_at == 60.0 * 1000
+    assert 60.0 * 1000 <= opened.opened_at <= 60.0 * 1003  # within a few points of the spike
     assert opened.group_labels == {"job": "api"}
     assert len(complete.findings) == 10
     p_values = [f.p_value for f in complete.findings]
