@@ -47,9 +47,10 @@ backtest-demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-## bench: NAB scores with baselines, and scoring throughput (prints figures)
+## bench: NAB scores with baselines, what an on-call team gets from a fleet, and scoring throughput
 bench: $(STAMP)
 	$(PY) benchmarks/nab.py
+	$(PY) benchmarks/fleet.py
 	$(PY) benchmarks/throughput.py
 	taskset -c 0 $(PY) benchmarks/remote_write.py
 

@@ -160,7 +160,10 @@ class Engine:
     protect_below
         Points with a p-value below this teach the model proportionally less
         (weight ``p / protect_below``): the baseline is not learned from what
-        is flagged.
+        is flagged.  Points that together build up to an alert teach it less
+        too (fully up to half the series' alert level, nothing from it on),
+        and while an alert is open the calibration learns nothing, so an
+        outage keeps looking like one for as long as it lasts.
 
     Examples
     --------

@@ -9,18 +9,25 @@ is like its present: independent or autocorrelated noise, seasonal, drifting,
 sawtooth-shaped, heavy-tailed or count-valued data, and samples repeated
 because they were evaluated faster than scraped (the engine drops repeats
 before they reach the policy).  It is spent over the series' own sampling
-interval, so it means the same at 15 s and at 1 min.  It does not hold while a
-series is warming up (its first few hundred points, when the policy assumes
-independent p-values, see below), and it cannot hold for behaviour the series
-has never shown: that is what an alert is for.
+interval, so it means the same at 15 s and at 1 min.  A series still warming
+up (its first few hundred points, see the prior below) alerts less than its
+budget, not more.  The budget cannot hold for behaviour the series has never
+shown (that is what an alert is for), nor for a pattern it has shown longer
+ago than its calibration remembers (10,000 points by default, a week at one
+sample a minute: the first weekends of a weekly pattern can page).  Measured:
+``tests/detector/test_alert_rate_contract.py`` (realized rate per kind of
+series) and ``benchmarks/fleet.py`` (a fleet of 120 series).
 
 How
 ---
 Each point's calibrated p-value is evidence ``e = -log p`` (about Exp(1) on
-normal data, large when the point is unusual).  A CUSUM per side adds up the
-evidence beyond what normal data gives, ``C = max(0, C + e - d)`` with
-``d = -log 0.05``: one very unusual point and several moderately unusual ones
-in a row both make C large, and an ordinary point lets it drain.  An
+normal data, large when the point is unusual), counted up to
+``-log`` :data:`STRONGEST_P` (a single point's p-value beyond what ten thousand
+points of history can vouch for is extrapolated, and would otherwise outweigh
+everything).  A CUSUM per side adds up the evidence beyond what normal data
+gives, ``C = max(0, C + e - d)`` with ``d = -log 0.05``: one very unusual point
+and several moderately unusual ones in a row both make C large, and an
+ordinary point lets it drain.  An
 *episode* is a run of points with C above zero (extended while an alert
 fires); its *peak* is the largest C it reached.
 
@@ -41,9 +48,11 @@ peak reaches the level ``h`` at which
 so the rate of alert onsets is the budget whatever the autocorrelation: an
 autocorrelated series has fewer, longer episodes with higher peaks, and its
 ``h`` rises to match.  An episode opens at most one alert.  Until a series has
-seen enough episodes of its own, a prior that is exact for independent
-p-values stands in (about one episode per 21 points, peaks near Exp(1)); it
-weighs as :data:`PRIOR_EPISODES` episodes and fades as real ones arrive.
+seen enough episodes of its own, a prior stands in: one episode per 21 points
+(as independent p-values give) with peaks of an exponential tail of scale
+:data:`PRIOR_SCALE`, three times heavier than independent p-values give, so
+that a new series errs towards silence; it weighs as :data:`PRIOR_EPISODES`
+episodes and fades as real ones arrive (see :func:`_level_kernel`).
 
 An episode that alerted is learned as if it had peaked where it crossed
 ``h``: it counts as one episode that reached the alert level (so the rate
@@ -71,7 +80,10 @@ live in the policy's state arrays (``budget_scale``, columns high and low), so
 they are checkpointed with the engine and can be shown by the API.
 
 The band drawn around the expected value is where a deviation held for
-:data:`BAND_POINTS` samples in a row would open an alert.
+:data:`BAND_POINTS` samples in a row would open an alert.  Each decision also
+reports how far each series' evidence has built towards its level
+(``suspicion``): the engine lets the model learn less from points that are
+building up to an alert, and the calibration nothing while one is open.
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ A sample is a repeat when
 * its value equals the last new sample's and less than
   :data:`REPEAT_FRACTION` of the series' *update interval* has passed.
 
-The update interval is measured per series, from the data alone: a low
-quantile (:data:`QUANTILE`) of the time between changes of value, tracked
-online in log space.  A series evaluated faster than it is scraped changes
+The update interval is measured per series, from the data alone: the
+shortest time between changes of value over the first :data:`MIN_CHANGES`
+changes, then a low quantile (:data:`QUANTILE`) of it, tracked online in log
+space.  A series evaluated faster than it is scraped changes
 value only once per scrape, so the quantile is the scrape interval; a series
 that changes at every sample gets the evaluation interval, and its equal
 values (rare for continuous data, common for counts) are all new.  Until a
@@ -64,8 +65,8 @@ class RepeatFilter(ArrayState):
     ...        for i in range(len(values))]
     >>> sum(new[:40]), sum(new[40:])  # all new for 10 changes of value; then one in four
     (40, 30)
-    >>> round(float(repeats.arrays["update_interval"][0]))
-    60
+    >>> round(float(repeats.arrays["update_interval"][0]) / 60.0, 1)  # in scrapes
+    1.0
 
     A resend (same timestamp) is never new:
 
@@ -113,10 +114,11 @@ def _new_kernel(last_t, last_x, last_change_t, update_interval, changes, ids, t,
         else:
             gap = now - last_change_t[row]
             if np.isfinite(gap) and gap > 0:
-                if update_interval[row] > 0:
+                if changes[row] >= MIN_CHANGES:
                     below = 1.0 if gap < update_interval[row] else 0.0
                     update_interval[row] *= np.exp(_STEP * (QUANTILE - below))
-                else:
+                elif update_interval[row] == 0 or gap < update_interval[row]:
+                    # The shortest of the first gaps: a count may stay equal for a scrape or two.
                     update_interval[row] = gap
                 changes[row] = min(changes[row] + 1, 1 << 30)
             last_change_t[row] = now
