@@ -169,7 +169,9 @@ def _survival_kernel(
 
 
 @njit(cache=True)
-def _bin_survival(at_mass: float, beyond_mass: float, total: float, count: float, depth: float, support: float):  # type: ignore[no-untyped-def]
+def _bin_survival(
+    at_mass: float, beyond_mass: float, total: float, count: float, depth: float, support: float
+):  # type: ignore[no-untyped-def]
     """Survival at ``depth`` (0..1) into a bin, interpolated geometrically, and whether it is thin."""
     if not count > 0:
         return 1.0, False
@@ -315,7 +317,9 @@ def _fit_tail(stored: np.ndarray, row: int, unit: float, upper: bool, fit_fracti
 
 
 @njit(cache=True)
-def _extrapolate(stored: np.ndarray, row: int, unit: float, u: float, upper: bool, fit_fraction: float) -> float:
+def _extrapolate(
+    stored: np.ndarray, row: int, unit: float, u: float, upper: bool, fit_fraction: float
+) -> float:
     """The fitted tail (:func:`_fit_tail`) at ``u``."""
     threshold_u, p_threshold, shape, scale = _fit_tail(stored, row, unit, upper, fit_fraction)
     return p_threshold * _pareto_survival(max(u - threshold_u, 0.0), shape, scale)

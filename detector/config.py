@@ -187,8 +187,9 @@ class AlertingConfig(_Section):
     def _one_budget(self) -> AlertingConfig:
         if self.false_alerts_per_week is not None and self.false_alerts_per_day is not None:
             raise ValueError(
-                f"false_alerts_per_week ({self.false_alerts_per_week:g}, per series) and false_alerts_per_day "
-                f"({self.false_alerts_per_day:g}, for the whole detector) are both set; keep one: "
+                f"false_alerts_per_week ({self.false_alerts_per_week:g}, per series) and "
+                f"false_alerts_per_day ({self.false_alerts_per_day:g}, for the whole detector) are both set; "
+                "keep one: "
                 "false_alerts_per_day for a page rate that does not grow with the number of series"
             )
         return self

@@ -286,7 +286,9 @@ class Engine:
 
     def _components(
         self,
-    ) -> dict[str, OnlineModel | TailCalibrator | AlertPolicy | RepeatFilter | ResidualWhitener | ValueDomain]:
+    ) -> dict[
+        str, OnlineModel | TailCalibrator | AlertPolicy | RepeatFilter | ResidualWhitener | ValueDomain
+    ]:
         return {
             "model": self.model,
             "calibrator": self.calibrator,
@@ -348,6 +350,24 @@ class Engine:
             merged[name] = out
         return ScoredBatch(**merged)
 
+    def _censored(self, ids: np.ndarray, z: np.ndarray, p: np.ndarray, two_sided: float) -> np.ndarray:
+        """Deviations as the calibration learns them: none further out than its strongest evidence.
+
+        A point rarer than :data:`detector.policy.STRONGEST_P` is learned where that rarity
+        begins (or at the most extreme deviation seen so far): it still counts as one rare
+        point, but a spike does not teach the series that spikes that size are normal, so
+        the next point of an outage is judged as unusual as the first.
+        """
+        extreme = np.nan_to_num(p, nan=1.0) < STRONGEST_P
+        if not extreme.any():
+            return z
+        rows, far = ids[extreme], z[extreme]
+        high = self.calibrator.quantile(rows, np.full(len(rows), STRONGEST_P / two_sided), upper=True)
+        low = self.calibrator.quantile(rows, np.full(len(rows), STRONGEST_P / two_sided), upper=False)
+        learned = z.copy()
+        learned[extreme] = np.where(far > 0, np.minimum(far, high), np.maximum(far, low))
+        return learned
+
     def _process_round(
         self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, learn: np.ndarray, silenced: np.ndarray
     ) -> ScoredBatch:
@@ -367,7 +387,9 @@ class Engine:
         p = np.where(model_warm, self.calibrator.p_value(ids, z), 1.0)
         p = np.where(valid, p, np.nan)
         decided = fresh & ~silenced
-        decision = self.policy.decide(ids, t, np.where(decided, p, np.nan), sign=z, observed=x, expected=expected)
+        decision = self.policy.decide(
+            ids, t, np.where(decided, p, np.nan), sign=z, observed=x, expected=expected
+        )
         # Don't learn from what is flagged: neither a rare point, nor points that together are
         # building up to an alert (full weight until halfway to the alert level, none from it on).
         trust = np.clip(2.0 * (1.0 - decision.suspicion), 0.0, 1.0)
@@ -377,7 +399,7 @@ class Engine:
         two_sided = 2.0 if self.calibrator.direction == "both" else 1.0
         upper_z, lower_z = self.calibrator.learn_and_band(
             ids,
-            z,
+            self._censored(ids, z, p, two_sided),
             np.where(model_warm & fresh & learn & (decision.suspicion < 1.0), 1.0, 0.0),
             decision.band_p[:, HIGH] / two_sided,
             decision.band_p[:, LOW] / two_sided,

@@ -134,6 +134,8 @@ _LEVEL_STEPS = 14
 def _peak_axis(peak: np.ndarray) -> np.ndarray:
     """Episode peaks as the deviations the peak histogram stores."""
     return np.sinh(PEAK_UNIT * np.asarray(peak, dtype=np.float64) - 8.0)
+
+
 #: The band is where a deviation this many samples long would open an alert.
 BAND_POINTS = 3
 _ALERT_STATE = (
@@ -195,7 +197,11 @@ def _level_kernel(stored, unit, rows, targets, support, fit_fraction):  # type: 
         low, high = 0.0, MAX_LEVEL
         for _ in range(_LEVEL_STEPS):
             middle = 0.5 * (low + high)
-            own = upper_survival_at(stored, unit, row, PEAK_UNIT * middle - 8.0, support, fit) if seen > 0 else 0.0
+            own = (
+                upper_survival_at(stored, unit, row, PEAK_UNIT * middle - 8.0, support, fit)
+                if seen > 0
+                else 0.0
+            )
             survival = (weight * np.exp(-middle / PRIOR_SCALE) + seen * own) / (weight + seen)
             if survival <= targets[i]:
                 high = middle
@@ -300,10 +306,14 @@ class AlertPolicy(ArrayState):
                 "give false_alerts_per_week (per series) or false_alerts_per_day (per detector), not both; "
                 "keep false_alerts_per_day for a budget that does not grow with the number of series"
             )
-        for name, budget in (("false_alerts_per_week", false_alerts_per_week), ("false_alerts_per_day", false_alerts_per_day)):
+        for name, budget in (
+            ("false_alerts_per_week", false_alerts_per_week),
+            ("false_alerts_per_day", false_alerts_per_day),
+        ):
             if budget is not None and not budget > 0:
                 raise ValueError(
-                    f"{name} must be positive, got {budget}; to silence a series use a silence, not a zero budget"
+                    f"{name} must be positive, got {budget}; "
+                    "to silence a series use a silence, not a zero budget"
                 )
         if resolve_after < 1:
             raise ValueError(f"resolve_after must be at least 1 point, got {resolve_after}")
@@ -315,8 +325,12 @@ class AlertPolicy(ArrayState):
                 f"got {min_deviation} and {min_relative_deviation}"
             )
         self.peaks = TailCalibrator(
-        memory=EPISODE_MEMORY, warmup=0, direction="high", tail_support=PEAK_TAIL_SUPPORT, tail_fit_fraction=PEAK_TAIL_FIT
-    )
+            memory=EPISODE_MEMORY,
+            warmup=0,
+            direction="high",
+            tail_support=PEAK_TAIL_SUPPORT,
+            tail_fit_fraction=PEAK_TAIL_FIT,
+        )
         super().__init__()
         if false_alerts_per_week is None and false_alerts_per_day is None:
             false_alerts_per_week = 1.0
@@ -335,7 +349,10 @@ class AlertPolicy(ArrayState):
     def set_series_count(self, count: int) -> None:
         """How many series the detector watches: a per-detector budget is shared among them."""
         self._series_count = max(int(count), 1)
-        if self.false_alerts_per_day is not None and abs(self._series_count - self._budget_count) > 0.1 * self._budget_count:
+        if (
+            self.false_alerts_per_day is not None
+            and abs(self._series_count - self._budget_count) > 0.1 * self._budget_count
+        ):
             self._budget_count = self._series_count
             self.arrays["level_stale"][:] = True
 
@@ -377,7 +394,9 @@ class AlertPolicy(ArrayState):
         # The low side needs its own solution only where feedback made its budget differ.
         apart = scale[:, LOW] != scale[:, HIGH]
         solve = np.concatenate([rows, rows[apart]])
-        target = np.concatenate([scale[:, HIGH], scale[apart, LOW]]) * np.concatenate([per_episode, per_episode[apart]])
+        target = np.concatenate([scale[:, HIGH], scale[apart, LOW]]) * np.concatenate(
+            [per_episode, per_episode[apart]]
+        )
         peaks = self.peaks.arrays
         high = _level_kernel(
             peaks["mass_at_or_above"], peaks["unit"], solve, target, PEAK_TAIL_SUPPORT, PEAK_TAIL_FIT
@@ -520,7 +539,7 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
     for i in range(n):
         row, now, pv = ids[i], t[i], p[i]
         if np.isfinite(pv) and np.isfinite(now):
-            # A slow EWMA of positive gaps, each capped at 4 intervals: robust to a missed scrape or an outage.
+            # A slow EWMA of positive gaps, each capped at 4 intervals: robust to a gap or an outage.
             gap = now - last_t[row]
             if np.isfinite(gap) and gap > 0:
                 if interval[row] > 0:
@@ -563,7 +582,10 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
                 now_level = 0.0
             side = 0 if evidence[row, 0] >= evidence[row, 1] else 1
             onset = (
-                not was_firing and now_level > 0 and now_level >= level[row, side] and now >= cooldown_until[row]
+                not was_firing
+                and now_level > 0
+                and now_level >= level[row, side]
+                and now >= cooldown_until[row]
             )
             if onset:
                 onset_level[row] = now_level

@@ -91,7 +91,9 @@ def _levels_and_rate(runs: tuple[int, int], seed: int) -> tuple[float, float]:
         renew = left == 0
         p = np.where(renew, rng.random(n), p)
         left = np.where(renew, rng.integers(runs[0], runs[1] + 1, n), left) - 1
-        onsets += int(policy.decide(np.arange(n), np.full(n, STEP * step), p).onset.sum()) if step >= warm else 0
+        onsets += (
+            int(policy.decide(np.arange(n), np.full(n, STEP * step), p).onset.sum()) if step >= warm else 0
+        )
     rate = onsets / (n * (steps - warm) * STEP / SECONDS_PER_WEEK) / 20.0
     return float(policy.alert_levels(np.arange(n)).mean()), rate
 

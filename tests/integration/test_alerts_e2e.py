@@ -77,10 +77,10 @@ def test_ten_correlated_spikes_reach_alertmanager_as_one_explained_alert_then_re
                 # Early false alerts (the budget allows some) resolve before the incident; start clean.
                 time.sleep(3.0)
                 receiver.clear()
-                for step in range(300, 303):
+                for step in range(300, 305):
                     _post(client, start + step * STEP, 400.0 + rng.normal(0, 5, len(SERIES)))
                 firing = _wait(lambda: _alerts(receiver, "firing"), 20, "the grouped alert")
-                for step in range(303, 320):
+                for step in range(305, 320):
                     _post(client, start + step * STEP, 200.0 + rng.normal(0, 5, len(SERIES)))
                 resolved = _wait(lambda: _alerts(receiver, "resolved"), 30, "the resolution")
         finally:

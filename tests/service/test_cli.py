@@ -20,7 +20,7 @@ from service.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 BASE = parse_timestamp("2026-03-02 00:00:00")
 ROWS = 600
-SPIKE = range(500, 503)
+SPIKE = range(500, 505)
 
 
 def _stamp(seconds: float) -> str:
@@ -36,7 +36,7 @@ def _write(path: Path, rows: list[tuple[str, str]], header: str = "timestamp,val
 
 
 def _spiky(path: Path) -> Path:
-    """Minutely noise around 100 with a three-minute spike to 160."""
+    """Minutely noise around 100 with a five-minute spike to 160."""
     values = 100.0 + np.random.default_rng(0).normal(0.0, 1.0, ROWS)
     values[SPIKE.start : SPIKE.stop] = 160.0
     return _write(path, [(_stamp(BASE + 60 * i), f"{v:.3f}") for i, v in enumerate(values)])
@@ -192,7 +192,7 @@ def test_with_labels_the_rate_is_of_false_alerts(tmp_path: Path, capsys: pytest.
     window = [_stamp(BASE + 60 * (SPIKE.start - 5)), _stamp(BASE + 60 * (SPIKE.stop + 5))]
     labels.write_text(json.dumps({"spiky.csv": [window]}))
     config = tmp_path / "config.yaml"
-    config.write_text("model: ewma\nalerting: {false_alerts_per_week: 20}\n")  # enough to see false alerts
+    config.write_text("model: ewma\nalerting: {false_alerts_per_week: 200}\n")  # enough to see false alerts
     argv = ["backtest", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--labels", str(labels)]
     assert main([*argv, "--config", str(config)]) == 0
     out = capsys.readouterr().out
@@ -204,14 +204,14 @@ def test_with_labels_the_rate_is_of_false_alerts(tmp_path: Path, capsys: pytest.
     assert any(i in inside for i in spiky)  # the labelled spike alerted, and is not counted
     false = sum(i not in inside for i in spiky) + len(_onsets(tmp_path / "out" / "noisy.csv"))
     assert false >= 1
-    # The budget is per series: 20 a week each, so 40/7 a day for the two.
+    # The budget is per series: 200 a week each, so 400/7 a day for the two.
     assert row == [
         "backtest",
-        "20 a week per series",
+        "200 a week per series",
         f"{false / days:.3f}",
-        "5.714",
+        "57.143",
         f"{false / (2 * days):.3f}",
-        "2.857",
+        "28.571",
     ]
     total = next(line for line in out.splitlines() if line.startswith("total "))
     assert total.split()[3] == str(false)  # the same false alerts as the table's total

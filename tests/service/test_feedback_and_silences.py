@@ -38,7 +38,7 @@ def alerted(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
     """A service whose one series has just alerted on a spike; yields the client and the incident id."""
     rng = np.random.default_rng(5)
     with TestClient(create_app(_settings(tmp_path))) as client:
-        for step in range(303):
+        for step in range(305):
             value = 200.0 + rng.normal(0, 5) + (300.0 if step >= 300 else 0.0)
             body = write_request([KEY], np.array([1.7e9 + step * STEP]), np.array([value]))
             assert client.post("/api/v1/write", content=body, headers=HEADERS).status_code == 204

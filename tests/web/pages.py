@@ -26,11 +26,12 @@ def demo_key(instance: str) -> str:
     return series_key({"__name__": METRIC, "instance": instance, "job": "demo"})
 
 
-def demo_samples(end: float, normal: int = 200, spike: int = 3) -> tuple[list[str], np.ndarray, np.ndarray]:
+def demo_samples(end: float, normal: int = 200, spike: int = 5) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Three latency series in time order: ``normal`` ordinary points, then a spike on one of them.
 
-    The spike lasts ``spike`` points (the default policy needs two anomalous
-    points of three to open an alert); the other series stay normal throughout.
+    The spike lasts ``spike`` points (a series this young errs towards silence:
+    the default policy needs a few unusual points in a row to open an alert);
+    the other series stay normal throughout.
     """
     rng = np.random.default_rng(7)
     steps = normal + spike

@@ -43,15 +43,15 @@ def test_a_batch_longer_than_the_buffer_keeps_its_last_points(engine: Engine) ->
 
 
 def test_gaps_are_not_kept_and_results_travel_with_each_point(engine: Engine) -> None:
-    history = RecentHistory(capacity=50)
+    history = RecentHistory(capacity=250)
     rng = np.random.default_rng(3)
-    x = rng.normal(10.0, 1.0, 40)
+    x = rng.normal(10.0, 1.0, 200)
     x[[5, 6]] = np.nan
-    x[-3:] = 60.0
-    _record(history, engine, ["a"] * 40, np.arange(40.0), x)
+    x[-6:] = 60.0
+    _record(history, engine, ["a"] * 200, np.arange(200.0), x)
     points = history.series(0)
-    assert len(points["t"]) == 38 and 5.0 not in points["t"]
-    assert points["score"][-3] > 0.999 and points["alert"][-1]
+    assert len(points["t"]) == 198 and 5.0 not in points["t"]
+    assert points["score"][-6] > 0.999 and points["alert"][-1]
     assert np.isnan(points["lower"][0]) and np.isfinite(points["upper"][-10])
 
 

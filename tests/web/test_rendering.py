@@ -69,11 +69,11 @@ def test_overview_shows_each_detectors_alerts_a_day_against_its_budget(
         alert = fed.history.series(fed.engine.series.ids([demo_key(instance)])[0])["alert"]
         onsets += int(alert[0]) + int(np.sum(alert[1:] & ~alert[:-1]))
     assert onsets >= 1  # the spike
-    covered = 202 * STEP  # the data's first sample to its newest
+    covered = 204 * STEP  # the data's first sample to its newest
     rate = section(client.get("/").text, "detectors")
     # Three series at the default budget, one false alert a week each.
     assert f"{format_rate(onsets / covered * 86_400)} alerts/day (budget 0.429)" in rate
-    assert "over 50m 30s" in rate  # less than the week the rate is counted over
+    assert "over 51m" in rate  # less than the week the rate is counted over
 
 
 def test_alert_events_are_listed_and_explained_on_their_series_page(
@@ -102,7 +102,7 @@ def test_series_page_shows_labels_band_score_and_a_plot(client: TestClient, fed:
     for part in ("observed", "band", "score"):
         path = f'<path class="{part}" d="M'
         assert path in history, f"no {part} line in the plot"
-    assert "last 203 points kept" in history
+    assert "last 205 points kept" in history
 
 
 @pytest.mark.parametrize("instance", [i for i in INSTANCES if i != SPIKING])
