@@ -25,7 +25,7 @@ from numba import njit
 
 from detector.calibration import Direction, TailCalibrator
 from detector.domain import ValueDomain
-from detector.policy import HIGH, LOW, STRONGEST_P, AlertPolicy
+from detector.policy import HIGH, LOW, AlertPolicy
 from detector.repeats import RepeatFilter
 from detector.whitening import ResidualWhitener
 from models.base import OnlineModel
@@ -350,24 +350,6 @@ class Engine:
             merged[name] = out
         return ScoredBatch(**merged)
 
-    def _censored(self, ids: np.ndarray, z: np.ndarray, p: np.ndarray, two_sided: float) -> np.ndarray:
-        """Deviations as the calibration learns them: none further out than its strongest evidence.
-
-        A point rarer than :data:`detector.policy.STRONGEST_P` is learned where that rarity
-        begins (or at the most extreme deviation seen so far): it still counts as one rare
-        point, but a spike does not teach the series that spikes that size are normal, so
-        the next point of an outage is judged as unusual as the first.
-        """
-        extreme = np.nan_to_num(p, nan=1.0) < STRONGEST_P
-        if not extreme.any():
-            return z
-        rows, far = ids[extreme], z[extreme]
-        high = self.calibrator.quantile(rows, np.full(len(rows), STRONGEST_P / two_sided), upper=True)
-        low = self.calibrator.quantile(rows, np.full(len(rows), STRONGEST_P / two_sided), upper=False)
-        learned = z.copy()
-        learned[extreme] = np.where(far > 0, np.minimum(far, high), np.maximum(far, low))
-        return learned
-
     def _process_round(
         self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, learn: np.ndarray, silenced: np.ndarray
     ) -> ScoredBatch:
@@ -399,7 +381,7 @@ class Engine:
         two_sided = 2.0 if self.calibrator.direction == "both" else 1.0
         upper_z, lower_z = self.calibrator.learn_and_band(
             ids,
-            self._censored(ids, z, p, two_sided),
+            z,
             np.where(model_warm & fresh & learn & (decision.suspicion < 1.0), 1.0, 0.0),
             decision.band_p[:, HIGH] / two_sided,
             decision.band_p[:, LOW] / two_sided,

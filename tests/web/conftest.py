@@ -32,7 +32,11 @@ CHROMIUM_FLAGS = (
 
 @pytest.fixture
 def runtime() -> DetectorRuntime:
-    """A remote_write detector with a short warm-up, keeping history."""
+    """A remote_write detector with a short warm-up and a generous budget, keeping history.
+
+    The budget lets a series only a few hundred points old alert on a short spike (at the
+    default, a series this young errs towards silence).
+    """
     spec = DetectorSpec.model_validate(
         {
             "name": "rw",
@@ -41,6 +45,7 @@ def runtime() -> DetectorRuntime:
             "model": "ewma",
             "model_params": {"warmup": 10},
             "calibration": {"warmup": 20},
+            "alerting": {"false_alerts_per_week": 100},
         }
     )
     return DetectorRuntime(spec, clock=lambda: 1_700_000_000.0)

@@ -42,6 +42,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     "model": "ewma",
                     "model_params": {"warmup": 10},
                     "calibration": {"warmup": 20},
+                    # Generous: a series a few hundred points old may alert on a short spike.
+                    "alerting": {"false_alerts_per_week": 100},
                 }
             ],
         }
