@@ -276,7 +276,7 @@ def _tail_mass(stored: np.ndarray, row: int, k: int, upper: bool) -> float:
 
 
 @njit(cache=True)
-def _fit_tail(stored: np.ndarray, row: int, unit: float, upper: bool, fit_fraction: float):  # type: ignore[no-untyped-def]
+def fit_tail(stored: np.ndarray, row: int, unit: float, upper: bool, fit_fraction: float):  # type: ignore[no-untyped-def]
     """Generalised Pareto tail in u fitted to the top of one side of the histogram (SPOT).
 
     Returns the threshold (on the u axis), the mass beyond it (a share), and
@@ -320,8 +320,8 @@ def _fit_tail(stored: np.ndarray, row: int, unit: float, upper: bool, fit_fracti
 def _extrapolate(
     stored: np.ndarray, row: int, unit: float, u: float, upper: bool, fit_fraction: float
 ) -> float:
-    """The fitted tail (:func:`_fit_tail`) at ``u``."""
-    threshold_u, p_threshold, shape, scale = _fit_tail(stored, row, unit, upper, fit_fraction)
+    """The fitted tail (:func:`fit_tail`) at ``u``."""
+    threshold_u, p_threshold, shape, scale = fit_tail(stored, row, unit, upper, fit_fraction)
     return p_threshold * _pareto_survival(max(u - threshold_u, 0.0), shape, scale)
 
 
@@ -332,7 +332,7 @@ def upper_survival_at(  # type: ignore[no-untyped-def]
     """P(Z >= z) of one series at position ``u`` of the asinh axis, with its tail fit given.
 
     For callers that evaluate one series at many points (solving for a
-    level): the fit (from :func:`_fit_tail`) is done once.  No tie
+    level): the fit (from :func:`fit_tail`) is done once.  No tie
     randomisation and no warm-up floor: the caller's values are continuous.
     """
     total = stored[row, 0]

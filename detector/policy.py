@@ -94,7 +94,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
-from detector.calibration import Direction, TailCalibrator, _fit_tail, upper_survival_at
+from detector.calibration import Direction, TailCalibrator, fit_tail, upper_survival_at
 from models.base import ArrayState, FieldSpecs
 
 SECONDS_PER_WEEK = 7 * 24 * 3600.0
@@ -108,8 +108,8 @@ MIN_BUDGET_SCALE = 1.0 / 64.0
 #: A point whose p-value is above this adds no evidence: the CUSUM's drift is ``-log`` of it.
 EVIDENCE_P = 0.05
 _DRIFT = -float(np.log(EVIDENCE_P))
-#: One point counts as no stronger evidence than this p-value: ten thousand points of history
-#: cannot tell one-in-a-million from one-in-a-billion, and a single point claimed that rare
+#: One point counts as no stronger evidence than this p-value: rarer than one in the ten thousand
+#: points a calibration remembers, a p-value is extrapolated, and one point claimed that rare
 #: would outweigh everything else (a sustained deviation still adds up to any level).
 STRONGEST_P = 1e-4
 #: Episodes whose peaks the policy remembers (decayed), per series.
@@ -119,7 +119,8 @@ PEAK_TAIL_SUPPORT = 3.0
 PEAK_TAIL_FIT = 0.1
 #: Points over which the episode rate is measured (decayed), per series.
 POINT_MEMORY = 10_000.0
-#: How many episodes the independent-data prior weighs, and its episode rate per point.
+#: How many episodes the prior weighs, the scale of its exponential tail of peaks, and its
+#: episode rate per point (that of independent p-values).
 PRIOR_EPISODES = 20
 PRIOR_SCALE = 3.0
 PRIOR_RATE = 1.0 / 21.0
@@ -193,7 +194,7 @@ def _level_kernel(stored, unit, rows, targets, support, fit_fraction):  # type: 
         row = rows[i]
         seen = stored[row, 0] / unit[row]
         weight = PRIOR_EPISODES**2 / (PRIOR_EPISODES + seen)
-        fit = _fit_tail(stored, row, unit[row], True, fit_fraction) if seen > 0 else (0.0, 0.0, 0.0, 1.0)
+        fit = fit_tail(stored, row, unit[row], True, fit_fraction) if seen > 0 else (0.0, 0.0, 0.0, 1.0)
         low, high = 0.0, MAX_LEVEL
         for _ in range(_LEVEL_STEPS):
             middle = 0.5 * (low + high)
