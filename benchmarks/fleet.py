@@ -9,9 +9,7 @@ series in one batch per step as the live service does:
     per series-day, overall and by metric, after a warm-up and over the whole
     run, and pages per day (incidents: alert onsets of one ``job`` grouped by
     :class:`detector.incidents.IncidentTracker`);
-(b) a per-detector budget, ``alerting: {false_alerts_per_day: 2}`` (or, where
-    the configuration does not know that key yet, the same budget spread over
-    the series as ``false_alerts_per_week``): pages per day on the anomaly-free
+(b) a per-detector budget, ``alerting: {false_alerts_per_day: 2}``: pages per day on the anomaly-free
     fleet, then on the fleet with injected incidents how many incidents an
     alert caught (the series fires at some point from the incident's start to
     10 minutes after its end), the median time to detect in samples and both
@@ -37,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.fleet_data import DAY, FLEET_KINDS, INCIDENTS, Incident, Series, fleet, inject_incidents  # noqa: E402
-from detector.config import ConfigError, DetectorConfig, build_engine, build_tracker, parse_config  # noqa: E402
+from detector.config import DetectorConfig, build_engine, build_tracker, parse_config  # noqa: E402
 
 #: An alert this long after an incident's last sample still counts as catching it.
 GRACE = 600.0
@@ -78,20 +76,6 @@ def run(config: DetectorConfig, series: list[Series]) -> Run:
         events = tracker.observe(float(t[0, step]), keys, labels, t[:, step], x[:, step], out, config.model)
         pages.extend(event.opened_at for event in events if event.change == "opened")
     return Run(t=t[0], alert=alert, onset=onset, pages=np.array(pages))
-
-
-def budget_config(per_day: float, n_series: int) -> tuple[DetectorConfig, str]:
-    """The per-detector budget, as ``false_alerts_per_day`` if the configuration takes it."""
-    try:
-        config = parse_config({"alerting": {"false_alerts_per_day": per_day}})
-        return config, f"false_alerts_per_day: {per_day:g}"
-    except ConfigError:
-        per_week = per_day * 7 / n_series
-        config = parse_config({"alerting": {"false_alerts_per_week": per_week}})
-        return config, (
-            f"false_alerts_per_week: {per_week:.4g}, i.e. {per_day:g}*7/{n_series} series; "
-            "this configuration does not take false_alerts_per_day yet"
-        )
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
@@ -224,10 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     print(false_onsets(result, clean, warmup))
     print("  " + pages_line(result, warmup))
 
-    config, described = budget_config(DETECTOR_BUDGET, len(clean))
+    config = parse_config({"alerting": {"false_alerts_per_day": DETECTOR_BUDGET}})
     print(
-        f"\n(b) alerting: {{{described}}}, a budget of {DETECTOR_BUDGET:g} per day for the detector "
-        f"= {DETECTOR_BUDGET / len(clean):.3f} per series-day"
+        f"\n(b) alerting: {{false_alerts_per_day: {DETECTOR_BUDGET:g}}}, a budget of {DETECTOR_BUDGET:g} "
+        f"per day for the detector = {DETECTOR_BUDGET / len(clean):.3f} per series-day"
     )
     result = run(config, clean)
     print("  Anomaly-free fleet:")

@@ -55,12 +55,14 @@ _WIDTH = float(_EDGES[1] - _EDGES[0])
 _CENTERS = 0.5 * (_EDGES[:-1] + _EDGES[1:])
 #: Deviations at the edges: where a band ends.
 _EDGE_Z = np.sinh(_EDGES)
-#: Points used to fit the tail at least (see ``tail_fit_fraction``).
+#: Past points needed beyond a deviation for the empirical tail to be trusted.
+_TAIL_SUPPORT = 1.0
+#: Mass (as a fraction, or at least this many points) used to fit the tail.
+_TAIL_FIT_FRACTION = 0.02
 _TAIL_FIT_POINTS = 10.0
 _RESCALE_AT = 1e12
 #: Decades below the fitting threshold that a light-tailed GPD fit is trusted.
 _TRUSTED_DECADES = 2.0
-_MAX_HAZARD = 4.0
 
 
 #: Halvings that narrow 0 .. _BINS down to one edge.
@@ -89,8 +91,14 @@ def _noise_kernel(seeds: np.ndarray, seen: np.ndarray, ids: np.ndarray, stream: 
 @njit(cache=True)
 def _bin_of(z: float) -> tuple[float, int]:
     """Position on the asinh axis and the histogram bin of a deviation."""
-    u = min(max(np.arcsinh(z), -_U_MAX), _U_MAX - 1e-9)
-    return u, min(int((u + _U_MAX) / _WIDTH), _BINS - 1)
+    return _bin_at(np.arcsinh(z))
+
+
+@njit(cache=True)
+def _bin_at(u: float) -> tuple[float, int]:
+    """A position on the asinh axis, kept inside it, and its histogram bin."""
+    position = min(max(u, -_U_MAX), _U_MAX - 1e-9)
+    return position, min(int((position + _U_MAX) / _WIDTH), _BINS - 1)
 
 
 @njit(cache=True)
@@ -114,15 +122,11 @@ def _survival_kernel(
     ids: np.ndarray,
     z: np.ndarray,
     warmup: float,
-    tail_support: float,
-    tail_fit_fraction: float,
-    sides: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """P(Z >= z) and P(Z <= z) of each deviation under its series' histogram.
 
     Empirical where the histogram holds enough mass that far out, else the
-    extrapolated tail; never below the warm-up floor.  ``sides`` 1 computes
-    only P(Z >= z) (the other is left at 1), 2 both.
+    extrapolated tail; never below the warm-up floor.
     """
     n = len(ids)
     position, index = np.empty(n), np.empty(n, dtype=np.int64)
@@ -143,9 +147,6 @@ def _survival_kernel(
         row = ids[i]
         inside = min(max((position[i] - _EDGES[index[i]]) / _WIDTH, 0.0), 1.0)
         for upper in (True, False):
-            if not upper and sides == 1:
-                low[i] = 1.0
-                continue
             if upper:
                 at_mass, beyond_mass, depth = cells[i, 1], cells[i, 2], inside
             else:
@@ -156,10 +157,11 @@ def _survival_kernel(
             # makes the p-value uniform anyway.
             if (at_mass - beyond_mass) > 0.5 * total:
                 depth = _splitmix(seeds[row], np.uint64(cells[i, 4] * 4.0 + (1 if upper else 0)))
-            value, thin = _bin_survival(at_mass, beyond_mass, total, count, depth, tail_support)
+            value, thin = _bin_survival(at_mass, beyond_mass, total, count, depth, _TAIL_SUPPORT)
             if thin:
                 far = position[i] if upper else -position[i]
-                value = _extrapolate(stored, row, cells[i, 3], far, upper, tail_fit_fraction)
+                fit = fit_tail(stored, row, cells[i, 3], upper, _TAIL_FIT_FRACTION)
+                value = _fitted_survival(fit, far)
             value = min(max(value, floor), 1.0)
             if upper:
                 high[i] = value
@@ -317,11 +319,9 @@ def fit_tail(stored: np.ndarray, row: int, unit: float, upper: bool, fit_fractio
 
 
 @njit(cache=True)
-def _extrapolate(
-    stored: np.ndarray, row: int, unit: float, u: float, upper: bool, fit_fraction: float
-) -> float:
-    """The fitted tail (:func:`fit_tail`) at ``u``."""
-    threshold_u, p_threshold, shape, scale = fit_tail(stored, row, unit, upper, fit_fraction)
+def _fitted_survival(fit, u: float) -> float:  # type: ignore[no-untyped-def]
+    """The tail fitted by :func:`fit_tail` at position ``u``."""
+    threshold_u, p_threshold, shape, scale = fit
     return p_threshold * _pareto_survival(max(u - threshold_u, 0.0), shape, scale)
 
 
@@ -338,13 +338,11 @@ def upper_survival_at(  # type: ignore[no-untyped-def]
     total = stored[row, 0]
     if not total > 0:
         return 1.0
-    position = min(max(u, -_U_MAX), _U_MAX - 1e-9)
-    k = min(int((position + _U_MAX) / _WIDTH), _BINS - 1)
+    position, k = _bin_at(u)
     depth = min(max((position - _EDGES[k]) / _WIDTH, 0.0), 1.0)
     value, thin = _bin_survival(stored[row, k], stored[row, k + 1], total, total / unit[row], depth, support)
     if thin:
-        threshold_u, p_threshold, shape, scale = fit
-        value = p_threshold * _pareto_survival(max(position - threshold_u, 0.0), shape, scale)
+        value = _fitted_survival(fit, position)
     return min(value, 1.0)
 
 
@@ -363,14 +361,6 @@ class TailCalibrator(ArrayState):
     direction
         ``"both"`` (two-sided, ``p = 2 min(P(Z >= z), P(Z <= z))``), ``"high"``
         or ``"low"``.
-    tail_support
-        Past points needed beyond a deviation for the empirical tail to be
-        trusted there; beyond that, the fitted tail answers.
-    tail_fit_fraction
-        Share of the mass (at least 10 points) the generalised-Pareto tail is
-        fitted to.  The defaults suit per-point scores, which have thousands
-        of points; a calibration of rarer things (the policy's episode peaks,
-        a few hundred) trusts the fit sooner and fits it to more of the mass.
 
     Examples
     --------
@@ -386,14 +376,7 @@ class TailCalibrator(ArrayState):
     True
     """
 
-    def __init__(
-        self,
-        memory: float = 10_000.0,
-        warmup: int = 100,
-        direction: Direction = "both",
-        tail_support: float = 1.0,
-        tail_fit_fraction: float = 0.02,
-    ):
+    def __init__(self, memory: float = 10_000.0, warmup: int = 100, direction: Direction = "both"):
         if memory < 10:
             raise ValueError(f"calibration memory must be at least 10 points, got {memory}")
         if direction not in ("both", "high", "low"):
@@ -401,8 +384,6 @@ class TailCalibrator(ArrayState):
         self.memory = memory
         self.warmup = warmup
         self.direction: Direction = direction
-        self.tail_support = tail_support
-        self.tail_fit_fraction = tail_fit_fraction
         self._growth = 1.0 / (1.0 - 1.0 / memory)
         super().__init__()
 
@@ -444,9 +425,6 @@ class TailCalibrator(ArrayState):
             _as_ids(ids),
             np.asarray(z, dtype=np.float64),
             float(self.warmup),
-            self.tail_support,
-            self.tail_fit_fraction,
-            1 if self.direction == "high" else 2,
         )
 
     def p_value(self, ids: np.ndarray, z: np.ndarray) -> np.ndarray:

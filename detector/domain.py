@@ -30,9 +30,10 @@ class ValueDomain(ArrayState):
     >>> ids = np.arange(3)
     >>> domain.observe(ids, np.array([0.2, 0.002, -5.0]))
     >>> domain.observe(ids, np.array([3.5, 0.0, 2.0]))
-    >>> domain.clip(ids, np.array([-0.4, -0.01, -9.0])).tolist()
+    >>> floor, ceiling = domain.bounds(ids)
+    >>> np.clip(np.array([-0.4, -0.01, -9.0]), floor, ceiling).tolist()
     [0.0, 0.0, -9.0]
-    >>> domain.clip(ids, np.array([4.0, 1.3, 9.0])).tolist()
+    >>> np.clip(np.array([4.0, 1.3, 9.0]), floor, ceiling).tolist()
     [4.0, 1.0, 9.0]
     """
 
@@ -48,11 +49,9 @@ class ValueDomain(ArrayState):
         np.minimum.at(self.arrays["lowest"], rows, values)
         np.maximum.at(self.arrays["highest"], rows, values)
 
-    def clip(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """``values`` (an expected value or a band edge per series) kept inside each series' domain."""
+    def bounds(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each series' floor and ceiling for what is shown (-inf / inf where it has none)."""
         lowest, highest = self.arrays["lowest"][ids], self.arrays["highest"][ids]
         never_negative = lowest >= 0
         unit_interval = never_negative & (highest <= 1)
-        floor = np.where(never_negative, 0.0, -np.inf)
-        ceiling = np.where(unit_interval, 1.0, np.inf)
-        return np.clip(values, floor, ceiling)
+        return np.where(never_negative, 0.0, -np.inf), np.where(unit_interval, 1.0, np.inf)

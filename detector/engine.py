@@ -389,13 +389,14 @@ class Engine:
         # No band until both the model and the calibration have something to say.
         banded = ~assessment.warming & (self.calibrator.effective_count(ids) > 0)
         alert = decision.firing & ~silenced
+        floor, ceiling = self.domain.bounds(ids)
         return ScoredBatch(
             anomaly_score=np.where(valid, 1.0 - np.nan_to_num(p, nan=1.0), 0.0),
             p_value=p,
             deviation=np.where(model_warm, z, np.nan),
-            expected=self.domain.clip(ids, expected),
-            lower=self.domain.clip(ids, np.where(banded, expected + lower_z * scale, np.nan)),
-            upper=self.domain.clip(ids, np.where(banded, expected + upper_z * scale, np.nan)),
+            expected=np.clip(expected, floor, ceiling),
+            lower=np.clip(np.where(banded, expected + lower_z * scale, np.nan), floor, ceiling),
+            upper=np.clip(np.where(banded, expected + upper_z * scale, np.nan), floor, ceiling),
             warming=assessment.warming | self.calibrator.warming(ids),
             alert=alert,
             onset=decision.onset,

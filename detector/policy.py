@@ -124,17 +124,19 @@ POINT_MEMORY = 10_000.0
 PRIOR_EPISODES = 20
 PRIOR_SCALE = 3.0
 PRIOR_RATE = 1.0 / 21.0
-#: Peaks are stored as ``sinh(PEAK_UNIT * peak - 8)``: the histogram's asinh axis, -8 to 8, is then
-#: linear in the peak, from 0 to :data:`MAX_LEVEL`, the highest alert level a series can need.
+#: Peaks are stored as ``sinh(PEAK_UNIT * peak + _PEAK_ORIGIN)``: the histogram's asinh axis,
+#: -8 to 8, is then linear in the peak, from 0 to :data:`MAX_LEVEL`, the highest alert level a
+#: series can need.
 PEAK_UNIT = 0.25
-MAX_LEVEL = 16.0 / PEAK_UNIT
+_PEAK_ORIGIN = -8.0
+MAX_LEVEL = -2.0 * _PEAK_ORIGIN / PEAK_UNIT
 #: Halvings of 0 .. MAX_LEVEL that find an alert level (to 0.004).
 _LEVEL_STEPS = 14
 
 
 def _peak_axis(peak: np.ndarray) -> np.ndarray:
     """Episode peaks as the deviations the peak histogram stores."""
-    return np.sinh(PEAK_UNIT * np.asarray(peak, dtype=np.float64) - 8.0)
+    return np.sinh(PEAK_UNIT * np.asarray(peak, dtype=np.float64) + _PEAK_ORIGIN)
 
 
 #: The band is where a deviation this many samples long would open an alert.
@@ -187,7 +189,7 @@ def _level_kernel(stored, unit, rows, targets, support, fit_fraction):  # type: 
     ``W**2 / (W + n)`` episodes against the ``n`` the series has seen (``W`` =
     :data:`PRIOR_EPISODES`): all of the say at first, a few percent after a
     hundred episodes.  Peaks sit on the histogram's axis at
-    ``PEAK_UNIT * peak - 8`` (see :func:`_peak_axis`).
+    ``PEAK_UNIT * peak + _PEAK_ORIGIN`` (see :func:`_peak_axis`).
     """
     out = np.empty(len(rows))
     for i in range(len(rows)):
@@ -199,7 +201,7 @@ def _level_kernel(stored, unit, rows, targets, support, fit_fraction):  # type: 
         for _ in range(_LEVEL_STEPS):
             middle = 0.5 * (low + high)
             own = (
-                upper_survival_at(stored, unit, row, PEAK_UNIT * middle - 8.0, support, fit)
+                upper_survival_at(stored, unit, row, PEAK_UNIT * middle + _PEAK_ORIGIN, support, fit)
                 if seen > 0
                 else 0.0
             )
@@ -325,13 +327,8 @@ class AlertPolicy(ArrayState):
                 f"min_deviation and min_relative_deviation must not be negative, "
                 f"got {min_deviation} and {min_relative_deviation}"
             )
-        self.peaks = TailCalibrator(
-            memory=EPISODE_MEMORY,
-            warmup=0,
-            direction="high",
-            tail_support=PEAK_TAIL_SUPPORT,
-            tail_fit_fraction=PEAK_TAIL_FIT,
-        )
+        # Episode peaks: only their histogram is used (see _level_kernel), with their own tail settings.
+        self.peaks = TailCalibrator(memory=EPISODE_MEMORY, warmup=0, direction="high")
         super().__init__()
         if false_alerts_per_week is None and false_alerts_per_day is None:
             false_alerts_per_week = 1.0
