@@ -6,7 +6,7 @@ The file is small and every key is optional::
     model_params: {}       # the model's constructor arguments
     calibration: {memory: 10000, warmup: 100}
     alerting: {false_alerts_per_week: 1.0,   # or false_alerts_per_day: N (whole detector)
-               resolve_after: 3, cooldown: 30m, direction: both,
+               resolve_after: 2m, cooldown: 30m, accept_shift_after: 2h, direction: both,
                min_deviation: 0, min_relative_deviation: 0,
                group_by: [job], group_window: 2m, refresh_interval: 1m}
     protect_below: 0.001
@@ -146,8 +146,9 @@ class AlertingConfig(_Section):
 
     false_alerts_per_week: Annotated[float, Field(gt=0)] | None = None
     false_alerts_per_day: Annotated[float, Field(gt=0)] | None = None
-    resolve_after: Annotated[int, Field(ge=1)] = 3
+    resolve_after: Duration = 120.0
     cooldown: Duration = 1800.0
+    accept_shift_after: Duration = 7200.0
     direction: Literal["both", "high", "low"] = "both"
     min_deviation: Annotated[float, Field(ge=0)] = 0.0
     min_relative_deviation: Annotated[float, Field(ge=0)] = 0.0
@@ -175,11 +176,25 @@ class AlertingConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _no_point_counting(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and {"min_anomalous", "window"} & set(data):
+        if not isinstance(data, Mapping):
+            return data
+        if {"min_anomalous", "window"} & set(data):
             raise ValueError(
                 "min_anomalous and window are gone: how much persistence a series needs is now measured "
                 "on the series itself (see detector/policy.py); remove them and set the budget "
                 "(false_alerts_per_week or false_alerts_per_day)"
+            )
+        if "adopt_after" in data:
+            raise ValueError(
+                "adopt_after is gone: a shift is accepted as the new normal after accept_shift_after "
+                "(a duration, default 2h; 0 never accepts)"
+            )
+        resolve_after = data.get("resolve_after")
+        # A bare integer is how point counts were written (a parsed duration is a float).
+        if isinstance(resolve_after, int) and not isinstance(resolve_after, bool) and resolve_after:
+            raise ValueError(
+                f"resolve_after: {resolve_after} has no unit; it is a duration now (it used to count "
+                f"points): write e.g. {resolve_after}m for {resolve_after} points a minute apart"
             )
         return data
 

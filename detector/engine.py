@@ -7,6 +7,7 @@ One direction of flow, for a whole batch at once::
                  -> calibration -> alert policy
                  -> model.learn (weighted: don't learn from what you flag)
                  -> calibration.learn -> band (clipped to the series' domain)
+                 -> model.adopt (a shift the policy accepted as the new normal)
 
 Backtest and live service call the same :meth:`Engine.process`; only where the
 samples come from and where the results go differ.  The live service adds two
@@ -36,7 +37,8 @@ class ScoredBatch:
     """Per-point results of :meth:`Engine.process`, aligned with its input.
 
     ``alert`` is whether the point's series is alerting after it, ``onset``
-    whether this point opened the alert.  ``decided`` is false where the policy
+    whether this point opened the alert, ``accepted`` whether it resolved the
+    alert by accepting a persistent shift as the new normal.  ``decided`` is false where the policy
     made no decision (a gap, a repeated sample, or a silenced point): there the
     alert state is as it was, and a silenced point reports no alert.  A
     repeated sample (see :mod:`detector.repeats`) is scored for display but
@@ -57,10 +59,15 @@ class ScoredBatch:
     alert: np.ndarray
     onset: np.ndarray
     decided: np.ndarray
+    accepted: np.ndarray
     since: np.ndarray
     lowest_p: np.ndarray
     alert_sign: np.ndarray
     interval: np.ndarray
+
+    def take(self, index: np.ndarray) -> ScoredBatch:
+        """These points only (an index or a mask into the batch)."""
+        return ScoredBatch(**{name: getattr(self, name)[index] for name in ScoredBatch.__dataclass_fields__})
 
 
 def series_seed(key: str) -> int:
@@ -249,11 +256,33 @@ class Engine:
         """Feedback: an alert of these series in ``direction`` was a real incident.
 
         Doubles the series' budget in that direction back towards the
-        configured one (undoing one false positive).  Points inside the
-        incident should also be passed to :meth:`process` with ``learn=False``,
-        so the incident is not learned as normal.
+        configured one (undoing one false positive), and keeps an open alert
+        from being accepted as a new normal however long it lasts.  Points
+        inside the incident should also be passed to :meth:`process` with
+        ``learn=False``, so the incident is not learned as normal.
         """
-        self.policy.scale_budget(np.asarray(ids, dtype=np.int64), direction, 2.0)
+        rows = np.asarray(ids, dtype=np.int64)
+        self.policy.scale_budget(rows, direction, 2.0)
+        self.policy.hold(rows)
+
+    def accept_new_normal(self, ids: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """Feedback: these series' open alerts are a new normal; adopt their level and resolve them now.
+
+        ``at`` is each series' latest sample time (the resolution's time and
+        the start of its cool-down).  Returns which series were alerting (and
+        are now resolved).
+        """
+        rows = np.asarray(ids, dtype=np.int64)
+        shift = self.policy.accept(rows, np.asarray(at, dtype=np.float64))
+        alerting = ~np.isnan(shift)
+        self._adopt(rows[alerting], shift[alerting])
+        return alerting
+
+    def _adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
+        """Move these series' baseline by ``shift`` (the series' units): their shift is the new normal."""
+        if len(ids):
+            self.model.adopt(ids, shift)
+            self.whitener.forget_deviations(ids)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The whole engine as named arrays: series keys plus every component's state.
@@ -376,16 +405,21 @@ class Engine:
         # building up to an alert (full weight until halfway to the alert level, none from it on).
         trust = np.clip(2.0 * (1.0 - decision.suspicion), 0.0, 1.0)
         weight = np.where(model_warm, np.clip(p / self.protect_below, 0.0, 1.0) * trust, 1.0)
+        # A shift accepted as the new normal is adopted below, not learned point by point.
+        weight = np.where(decision.accepted, 0.0, weight)
         self.model.learn(ids, t, safe_x, np.where(fresh & learn, weight, 0.0))
-        self.whitener.learn(ids, np.where(model_warm & fresh, model_z, np.nan), np.where(learn, weight, 0.0))
+        self.whitener.learn(
+            ids, np.where(model_warm & fresh, model_z, np.nan), np.where(learn, weight, 0.0), follow=trust
+        )
         two_sided = 2.0 if self.calibrator.direction == "both" else 1.0
         upper_z, lower_z = self.calibrator.learn_and_band(
             ids,
             z,
-            np.where(model_warm & fresh & learn & (decision.suspicion < 1.0), 1.0, 0.0),
+            np.where(model_warm & fresh & learn & (decision.suspicion < 1.0) & ~decision.accepted, 1.0, 0.0),
             decision.band_p[:, HIGH] / two_sided,
             decision.band_p[:, LOW] / two_sided,
         )
+        self._adopt(ids[decision.accepted], decision.shift[decision.accepted])
         # No band until both the model and the calibration have something to say.
         banded = ~assessment.warming & (self.calibrator.effective_count(ids) > 0)
         alert = decision.firing & ~silenced
@@ -401,6 +435,7 @@ class Engine:
             alert=alert,
             onset=decision.onset,
             decided=decided,
+            accepted=decision.accepted,
             since=np.where(alert, decision.since, np.nan),
             lowest_p=np.where(alert, decision.lowest_p, np.nan),
             alert_sign=np.where(alert, decision.alert_sign, 0).astype(np.int8),

@@ -21,6 +21,16 @@ receivers deduplicate retries.  Series of the same group that were unusual
 (p at most ``correlate_below``) without alerting when the incident opened or
 grew are listed as ``correlated``, those moving the incident's way first.
 
+A batch may hold several points of a series (a backlog, a catch-up, a client
+that batches): they are taken in time order, so every opening and resolution
+the policy decided reaches the events, and an incident that opened and ended
+inside one batch is delivered as opened, then resolved, with its real times
+(:func:`transition_points` picks the points that matter out of a large
+batch).  A resolution says why when the reason is not the ordinary one (the
+series came back inside its band): a shift accepted as the new normal, after
+how long or by whom.  An alert whose onset sample arrived more than
+``late_after`` after its own time is marked late, with by how much.
+
 A silenced point, or a gap, is no decision: it neither resolves a member nor
 adds one.  The tracker's state is plain JSON (:meth:`IncidentTracker.state_dict`),
 for the service to checkpoint beside the engine.
@@ -40,7 +50,7 @@ import numpy as np
 
 from detector.alerts import AlertEvent, Change, SeriesFinding
 from detector.engine import ScoredBatch
-from detector.explain import describe, summarize
+from detector.explain import describe, format_duration, summarize
 
 Links = Callable[[Sequence[SeriesFinding]], dict[str, str]]
 
@@ -53,6 +63,45 @@ def incident_id(detector: str, group_labels: Mapping[str, str], opened_at: float
     """
     text = json.dumps([detector, sorted(group_labels.items()), repr(float(opened_at))])
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def transition_points(ids: np.ndarray, scored: ScoredBatch, firing: np.ndarray) -> np.ndarray:
+    """The points of a batch the tracker must see, in time order.
+
+    ``ids`` are the points' series rows (a series may repeat, its points in
+    time order) and ``firing`` says, per row, whether the tracker holds the
+    series as alerting before the batch.  Kept: every decided point where the
+    series' alert state changes (openings, resolutions, acceptances), each
+    series' most extreme alerting point (its finding) and its last decided
+    point (the state it is left in); the rest would tell the tracker nothing.
+
+    >>> from types import SimpleNamespace
+    >>> alert = np.array([False, True, True, True, False, False])
+    >>> scored = SimpleNamespace(
+    ...     alert=alert, decided=np.ones(6, bool), onset=np.array([0, 1, 0, 0, 0, 0], bool),
+    ...     accepted=np.zeros(6, bool), p_value=np.array([0.5, 1e-3, 1e-6, 1e-4, 0.4, 0.6]))
+    >>> transition_points(np.zeros(6, np.int64), scored, np.zeros(1, bool)).tolist()
+    [1, 2, 4, 5]
+    """
+    decided = np.nonzero(scored.decided)[0]
+    if not len(decided):
+        return decided
+    rows = ids[decided]
+    alert = scored.alert[decided]
+    by_series = np.argsort(rows, kind="stable")
+    rows_sorted, alert_sorted = rows[by_series], alert[by_series]
+    first = np.r_[True, rows_sorted[1:] != rows_sorted[:-1]]
+    last = np.r_[rows_sorted[1:] != rows_sorted[:-1], True]
+    before = np.where(first, firing[rows_sorted], np.r_[False, alert_sorted[:-1]])
+    keep = np.zeros(len(decided), dtype=bool)
+    keep[by_series] = (alert_sorted != before) | last
+    keep |= scored.onset[decided] | scored.accepted[decided]
+    alerting = np.nonzero(alert)[0]
+    if len(alerting):
+        extreme = np.lexsort((scored.p_value[decided][alerting], rows[alerting]))
+        ordered_rows = rows[alerting][extreme]
+        keep[alerting[extreme][np.r_[True, ordered_rows[1:] != ordered_rows[:-1]]]] = True
+    return decided[keep]
 
 
 @dataclass
@@ -71,6 +120,8 @@ class _Incident:
     sequence: int = 0
     last_sent: float = -math.inf
     resolved_at: float | None = None
+    resolution: str = ""
+    late_by: float = 0.0
     members: dict[str, _Member] = field(default_factory=dict)
     #: key -> (rank, p): the best showing of each correlated series.
     correlated: dict[str, tuple[int, float]] = field(default_factory=dict)
@@ -116,6 +167,9 @@ class IncidentTracker:
     correlate_below, max_correlated
         Non-alerting series of the group with p at most ``correlate_below`` are
         candidates for ``correlated``; at most ``max_correlated`` are listed.
+    late_after
+        Seconds after its own time an onset sample may arrive before its
+        alert is marked late (``late_by``).
 
     Examples
     --------
@@ -127,7 +181,8 @@ class IncidentTracker:
     ...         anomaly_score=1 - np.array(p), p_value=np.array(p), deviation=np.full(n, 5.0),
     ...         expected=np.full(n, 10.0), lower=np.full(n, 8.0), upper=np.full(n, 12.0),
     ...         warming=np.zeros(n, bool), alert=np.array(alert), onset=np.array(alert),
-    ...         decided=np.ones(n, bool), since=np.where(alert, t, np.nan), lowest_p=np.array(p),
+    ...         decided=np.ones(n, bool), accepted=np.zeros(n, bool),
+    ...         since=np.where(alert, t, np.nan), lowest_p=np.array(p),
     ...         alert_sign=np.ones(n, np.int8), interval=np.full(n, 60.0))
     >>> keys = ["a", "b"]
     >>> labels = {"a": {"job": "api"}, "b": {"job": "api"}}
@@ -151,6 +206,7 @@ class IncidentTracker:
         links: Links | None = None,
         correlate_below: float = 0.01,
         max_correlated: int = 5,
+        late_after: float = 300.0,
     ) -> None:
         if group_window < 0 or refresh_interval <= 0:
             raise ValueError(
@@ -164,9 +220,15 @@ class IncidentTracker:
         self.links = links
         self.correlate_below = correlate_below
         self.max_correlated = max_correlated
+        self.late_after = late_after
         self._incidents: dict[str, _Incident] = {}
         #: Firing member key -> its incident's id.
         self._firing: dict[str, str] = {}
+
+    @property
+    def firing_keys(self) -> list[str]:
+        """Keys of the series alerting in an open incident."""
+        return list(self._firing)
 
     @property
     def open_incidents(self) -> list[str]:
@@ -189,9 +251,32 @@ class IncidentTracker:
         """Take one engine batch (aligned ``keys``, ``t``, ``x``, ``scored``); return the events due.
 
         ``labels`` maps each key to its label set; ``now`` is the time the
-        events are stamped with and refreshes are scheduled by.  Each key
-        appears at most once (feed a batch with repeated series round by round).
+        events are stamped with, refreshes are scheduled by and lateness is
+        measured from.  A key may appear several times, its points in time
+        order: the batch is taken in time order, in rounds that hold each key
+        at most once.
         """
+        if len(set(keys)) == len(keys):
+            return self._observe_round(now, keys, labels, t, x, scored, model)
+        events = []
+        for round_ in _rounds(keys, t):
+            part = scored.take(round_)
+            chosen = round_.tolist()
+            events += self._observe_round(
+                now, [keys[i] for i in chosen], labels, t[round_], x[round_], part, model
+            )
+        return events
+
+    def _observe_round(
+        self,
+        now: float,
+        keys: Sequence[str],
+        labels: Mapping[str, Mapping[str, str]],
+        t: np.ndarray,
+        x: np.ndarray,
+        scored: ScoredBatch,
+        model: str,
+    ) -> list[AlertEvent]:
         changes: dict[str, Change] = {}
         arrivals = []
         for i in np.nonzero(scored.alert & scored.decided)[0].tolist():
@@ -205,7 +290,11 @@ class IncidentTracker:
             for key in list(self._firing):
                 row = position.get(key)
                 if row is not None and scored.decided[row] and not scored.alert[row]:
-                    self._resolve(key, float(t[row]))
+                    reason = ""
+                    if scored.accepted[row]:
+                        began = self._incidents[self._firing[key]].members[key].finding.started_at
+                        reason = f"accepted as the new normal after {format_duration(float(t[row]) - began)}"
+                    self._resolve(key, float(t[row]), reason)
         arrivals.sort(key=lambda i: (self._group(labels[keys[i]]), _onset(scored, t, i), keys[i]))
         for i in arrivals:
             key = keys[i]
@@ -218,6 +307,8 @@ class IncidentTracker:
             else:
                 changes.setdefault(incident.incident_id, "updated")
             incident.last_arrival = max(incident.last_arrival, onset)
+            if changes[incident.incident_id] == "opened" and now - onset > self.late_after:
+                incident.late_by = now - onset
             incident.members[key] = _Member(self._finding(key, labels[key], scored, x, i, model))
             self._firing[key] = incident.incident_id
         if changes:
@@ -233,15 +324,27 @@ class IncidentTracker:
     def forget(self, keys: Sequence[str], now: float) -> list[AlertEvent]:
         """Series that are gone (expired, dropped): their alerts count as resolved at ``now``."""
         for key in keys:
-            self._resolve(key, now)
+            self._resolve(key, now, "the series stopped reporting")
         return self._emit(now, {})
 
-    def _resolve(self, key: str, at: float) -> None:
+    def resolve(self, resolved: Mapping[str, float], reason: str, now: float) -> list[AlertEvent]:
+        """Resolve these series' alerts (key -> the data's time of the resolution) for ``reason``.
+
+        For resolutions decided outside a batch, such as on-call accepting a
+        shift as the new normal; returns the events due.
+        """
+        for key, at in resolved.items():
+            self._resolve(key, at, reason)
+        return self._emit(now, {})
+
+    def _resolve(self, key: str, at: float, reason: str = "") -> None:
         owner = self._firing.pop(key, None)
         if owner is not None:
             incident = self._incidents[owner]
             incident.members[key].firing = False
-            incident.resolved_at = max(incident.resolved_at or -math.inf, at)
+            if incident.resolved_at is None or at >= incident.resolved_at:
+                incident.resolved_at = at
+                incident.resolution = reason
 
     def _open(self, group: tuple[str, ...], onset: float) -> _Incident:
         labels = {name: value for name, value in zip(self.group_by, group, strict=True) if value}
@@ -345,6 +448,8 @@ class IncidentTracker:
             group_labels=dict(incident.group_labels),
             opened_at=incident.opened_at,
             resolved_at=incident.resolved_at if change == "resolved" else None,
+            resolution=incident.resolution if change == "resolved" else "",
+            late_by=incident.late_by,
             updated_at=now,
             sequence=incident.sequence,
             findings=findings,
@@ -376,6 +481,24 @@ class IncidentTracker:
             for key, member in incident.members.items()
             if member.firing
         }
+
+
+def _rounds(keys: Sequence[str], t: np.ndarray) -> list[np.ndarray]:
+    """Positions in time order, cut into consecutive rounds in which no key repeats.
+
+    >>> [r.tolist() for r in _rounds(["a", "b", "a", "a"], np.array([0.0, 5.0, 1.0, 9.0]))]
+    [[0], [2, 1], [3]]
+    """
+    order = np.argsort(t, kind="stable").tolist()
+    rounds: list[list[int]] = [[]]
+    taken: set[str] = set()
+    for i in order:
+        if keys[i] in taken:
+            rounds.append([])
+            taken.clear()
+        rounds[-1].append(i)
+        taken.add(keys[i])
+    return [np.array(r, dtype=np.int64) for r in rounds if r]
 
 
 def _onset(scored: ScoredBatch, t: np.ndarray, i: int) -> float:

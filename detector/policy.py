@@ -65,12 +65,34 @@ series' units, ``min_relative_deviation`` as a fraction of the expected
 value): on a flat series a wiggle of 0.1% can be very improbable and still not
 worth a page.
 
-An alert resolves after ``resolve_after`` consecutive points that add no
-evidence (p above 0.05, or a deviation that does not count): hysteresis, so it
-does not flap.  A new alert cannot open for ``cooldown`` seconds after, so one
-incident is one alert.  While an alert fires the policy keeps when it opened
-(``since``), the most extreme p-value of its episode (``lowest_p``) and that
-point's side (``alert_sign``): what an explanation needs.
+An alert lasts as long as the incident.  While it is open (and while one is
+building up) the engine freezes what the series is judged against: the model,
+the whitening forecast and the calibration learn nothing from the series, so
+an outage keeps looking like one however long it lasts, and the series is
+back when its points are back inside the band from before the onset.  The
+alert resolves once its points have added no evidence (p above 0.05, or a
+deviation that does not count) for ``resolve_after`` seconds, counted in the
+series' own samples (at least :data:`MIN_RESOLVE_POINTS`, so that one lucky
+point cannot end an outage): hysteresis, so it does not flap.  A new alert
+cannot open for ``cooldown`` seconds after, so one incident is one alert.
+
+A shift that persists is accepted as the new normal after
+``accept_shift_after`` seconds of alerting (default 2 hours): the policy
+resolves the alert with that reason (:attr:`AlertDecision.accepted`) and
+reports the shift's size (the recent mean of observed minus expected), which
+the engine adopts as the model's new level.  Why 2 hours: an outage must not
+be accepted within minutes, and most are over, or in someone's hands, within
+an hour or two (the recorded incidents of ``replay_data/`` last 10 to 76
+minutes); a deploy that moves latency up 30% for good should page once, not
+all day, and 2 hours is well inside Alertmanager's default
+``repeat_interval`` of 4 hours, so such a shift is one notification, resolved
+with its reason before any repeat.  Confirmed incidents are never accepted
+this way (:meth:`AlertPolicy.hold`); on-call can accept a shift at once
+(:meth:`AlertPolicy.accept`).  ``accept_shift_after=0`` never accepts.
+
+While an alert fires the policy keeps when it opened (``since``), the most
+extreme p-value of its episode (``lowest_p``) and that point's side
+(``alert_sign``): what an explanation needs.
 
 Feedback makes the budget per series and per direction: each false positive
 halves the series' budget in that direction (down to 1/64 of the configured
@@ -132,6 +154,10 @@ _PEAK_ORIGIN = -8.0
 MAX_LEVEL = -2.0 * _PEAK_ORIGIN / PEAK_UNIT
 #: Halvings of 0 .. MAX_LEVEL that find an alert level (to 0.004).
 _LEVEL_STEPS = 14
+#: The fewest calm points that resolve an alert, whatever ``resolve_after`` and the interval.
+MIN_RESOLVE_POINTS = 2
+#: How fast the shift estimate (observed minus expected, while alerting) follows the data.
+_SHIFT_RATE = 0.1
 
 
 def _peak_axis(peak: np.ndarray) -> np.ndarray:
@@ -152,6 +178,8 @@ _ALERT_STATE = (
     "since",
     "lowest_p",
     "alert_sign",
+    "shift",
+    "hold",
 )
 
 
@@ -160,6 +188,10 @@ class AlertDecision:
     """The policy's verdict on a batch.
 
     ``firing`` and ``onset`` (the point that opened an alert) are per point;
+    ``accepted`` marks the points whose alert resolved because its shift had
+    persisted for ``accept_shift_after`` (a new normal), and ``shift`` holds
+    the size of that shift in the series' units (NaN elsewhere): what the
+    engine moves the model's level by;
     ``since``, ``lowest_p`` and ``alert_sign`` describe each firing series'
     alert (NaN, NaN, 0 when not firing); ``band_p`` holds, for each point, the
     two-sided p-value at which its band is drawn, for high and low deviations
@@ -171,6 +203,8 @@ class AlertDecision:
 
     firing: np.ndarray
     onset: np.ndarray
+    accepted: np.ndarray
+    shift: np.ndarray
     since: np.ndarray
     lowest_p: np.ndarray
     alert_sign: np.ndarray
@@ -228,9 +262,13 @@ class AlertPolicy(ArrayState):
         across all its series, shared equally among the series it watches
         (:meth:`set_series_count`).  Give one budget or the other.
     resolve_after
-        Consecutive points adding no evidence that resolve a firing alert.
+        Seconds of points adding no evidence that resolve a firing alert
+        (counted in the series' samples, at least :data:`MIN_RESOLVE_POINTS`).
     cooldown
         Seconds after a resolution during which no new alert opens.
+    accept_shift_after
+        Seconds of alerting after which a shift is accepted as the new normal
+        (0: never); see the module docstring for the default.
     direction
         Which deviations may alert: ``"both"``, ``"high"`` (above the expected
         value) or ``"low"``.
@@ -242,11 +280,11 @@ class AlertPolicy(ArrayState):
     Examples
     --------
     Unusual points in a row add up to an alert (on a new series, three at
-    p = 1e-4: it has no episodes of its own yet and errs high); three ordinary
-    points resolve it:
+    p = 1e-4: it has no episodes of its own yet and errs high); three minutes
+    of ordinary points resolve it:
 
     >>> import numpy as np
-    >>> policy = AlertPolicy(false_alerts_per_week=1)
+    >>> policy = AlertPolicy(false_alerts_per_week=1, resolve_after=180)
     >>> policy.resize(1)
     >>> ids = np.array([0])
     >>> fired = []
@@ -285,6 +323,8 @@ class AlertPolicy(ArrayState):
         "since": (np.float64, (), np.nan),
         "lowest_p": (np.float64, (), np.nan),
         "alert_sign": (np.int8, (), 0),
+        "shift": (np.float64, (), np.nan),
+        "hold": (np.bool_, (), False),
         "episodes": (np.float64, (), float(PRIOR_EPISODES)),
         "points": (np.float64, (), PRIOR_EPISODES / PRIOR_RATE),
         "level": (np.float64, (2,), np.nan),
@@ -298,8 +338,9 @@ class AlertPolicy(ArrayState):
         self,
         false_alerts_per_week: float | None = None,
         false_alerts_per_day: float | None = None,
-        resolve_after: int = 3,
+        resolve_after: float = 120.0,
         cooldown: float = 1800.0,
+        accept_shift_after: float = 7200.0,
         direction: Direction = "both",
         min_deviation: float = 0.0,
         min_relative_deviation: float = 0.0,
@@ -318,8 +359,11 @@ class AlertPolicy(ArrayState):
                     f"{name} must be positive, got {budget}; "
                     "to silence a series use a silence, not a zero budget"
                 )
-        if resolve_after < 1:
-            raise ValueError(f"resolve_after must be at least 1 point, got {resolve_after}")
+        if not resolve_after >= 0 or not cooldown >= 0 or not accept_shift_after >= 0:
+            raise ValueError(
+                f"resolve_after, cooldown and accept_shift_after are durations in seconds and must not be "
+                f"negative, got {resolve_after}, {cooldown} and {accept_shift_after}"
+            )
         if direction not in ("both", "high", "low"):
             raise ValueError(f"direction must be 'both', 'high' or 'low', got {direction!r}")
         if min_deviation < 0 or min_relative_deviation < 0:
@@ -336,6 +380,7 @@ class AlertPolicy(ArrayState):
         self.false_alerts_per_day = false_alerts_per_day
         self.resolve_after = resolve_after
         self.cooldown = cooldown
+        self.accept_shift_after = accept_shift_after
         self.direction: Direction = direction
         self.min_deviation = min_deviation
         self.min_relative_deviation = min_relative_deviation
@@ -426,6 +471,25 @@ class AlertPolicy(ArrayState):
     def nbytes_per_series(self) -> int:
         return super().nbytes_per_series() + self.peaks.nbytes_per_series()
 
+    def hold(self, ids: np.ndarray) -> None:
+        """Feedback: these series' open alerts are confirmed incidents, never accepted as a new normal."""
+        rows = np.asarray(ids, dtype=np.int64)
+        self.arrays["hold"][rows] = self.arrays["firing"][rows]
+
+    def accept(self, ids: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """Feedback: accept these series' open alerts as the new normal now (``at``: the data's time).
+
+        Resolves them (with a cool-down, as any resolution) and returns each
+        one's shift to adopt, in the series' units: NaN where the series was
+        not alerting, 0 where its shift is not known.
+        """
+        rows = np.asarray(ids, dtype=np.int64)
+        firing = self.arrays["firing"][rows].copy()
+        shift = np.where(firing, np.nan_to_num(self.arrays["shift"][rows]), np.nan)
+        self.quiet(rows[firing])
+        self.arrays["cooldown_until"][rows[firing]] = np.asarray(at, dtype=np.float64)[firing] + self.cooldown
+        return shift
+
     def quiet(self, ids: np.ndarray) -> None:
         """Clear alert state but keep what was learned (episodes, sampling interval, feedback)."""
         for name in _ALERT_STATE:
@@ -461,11 +525,12 @@ class AlertPolicy(ArrayState):
             self.min_relative_deviation,
             self.resolve_after,
             self.cooldown,
+            self.accept_shift_after,
             1.0 - 1.0 / POINT_MEMORY,
         )
         self._refresh_levels(ids)
         learned = np.full(n, np.nan)
-        firing, onset, since, lowest_p, alert_sign, suspicion = _decide_kernel(
+        firing, onset, accepted, shift, since, lowest_p, alert_sign, suspicion = _decide_kernel(
             *(self.arrays[name] for name in _KERNEL_STATE),
             ids,
             *(np.asarray(a, dtype=np.float64) for a in (t, p, sign, *size_args)),
@@ -482,6 +547,8 @@ class AlertPolicy(ArrayState):
         return AlertDecision(
             firing=firing,
             onset=onset,
+            accepted=accepted,
+            shift=shift,
             since=since,
             lowest_p=lowest_p,
             alert_sign=alert_sign,
@@ -505,6 +572,8 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
     since_state,
     lowest_state,
     sign_state,
+    shift_state,
+    hold,
     episodes,
     points,
     level,
@@ -524,13 +593,14 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
     """One point per series: track its sampling interval, its evidence and episode, then its alert.
 
     Fills ``learned`` (the peak to learn) for series whose episode ended;
-    returns per point: firing, onset, since, lowest_p, alert_sign and
-    suspicion.  (One loop body, not a helper per point: a call passing
+    returns per point: firing, onset, accepted, shift, since, lowest_p,
+    alert_sign and suspicion.  (One loop body, not a helper per point: a call passing
     thirty arrays costs more than the work.)
     """
-    watched, min_deviation, min_relative, resolve_after, cooldown, keep = settings
+    watched, min_deviation, min_relative, resolve_after, cooldown, accept_after, keep = settings
     n = len(ids)
     firing_out, onset_out = np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_)
+    accepted_out, shift_out = np.zeros(n, dtype=np.bool_), np.full(n, np.nan)
     since_out, lowest_out = np.full(n, np.nan), np.full(n, np.nan)
     sign_out = np.zeros(n, dtype=np.int8)
     suspicion = np.zeros(n)
@@ -570,9 +640,29 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
                 sign_state[row] = np.int8(side_sign)
             peak[row] = max(peak[row], now_level)
             was_firing = firing_state[row]
+            if was_firing and sized:
+                # The shift's size: a recent mean of observed minus expected while alerting.
+                gap = observed[i] - expected[i]
+                if np.isfinite(gap):
+                    previous = shift_state[row]
+                    shift_state[row] = (
+                        gap if np.isnan(previous) else previous + _SHIFT_RATE * (gap - previous)
+                    )
             calm = not counts or pv > EVIDENCE_P
             run = quiet_run[row] + 1 if calm else 0
-            resolves = was_firing and run >= resolve_after
+            spacing = interval[row] if interval[row] > 0 else DEFAULT_INTERVAL
+            resolves = was_firing and run >= max(MIN_RESOLVE_POINTS, np.ceil(resolve_after / spacing - 1e-9))
+            accepted = (
+                was_firing
+                and not resolves
+                and accept_after > 0
+                and now - since_state[row] >= accept_after
+                and not hold[row]
+            )
+            if accepted:
+                accepted_out[i] = True
+                shift_out[i] = shift_state[row] if np.isfinite(shift_state[row]) else 0.0
+                resolves = True
             if resolves:
                 cooldown_until[row] = now + cooldown
                 evidence[row, 0] = 0.0
@@ -588,11 +678,14 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
             if onset:
                 onset_level[row] = now_level
                 since_state[row] = now
+                shift_state[row] = np.nan
             firing_state[row] = (was_firing and not resolves) or onset
             quiet_run[row] = 0 if onset else run
             onset_out[i] = onset
             if not firing_state[row]:
                 since_state[row] = np.nan
+                shift_state[row] = np.nan
+                hold[row] = False
                 if in_episode[row] and now_level == 0:
                     in_episode[row] = False
                     # Alerted: learned where it crossed the level, so an outage does not stretch the tail.
@@ -603,4 +696,4 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
         suspicion[i] = 1.0 if firing else evidence[row, side] / max(level[row, side], 1e-9)
         if firing:
             since_out[i], lowest_out[i], sign_out[i] = since_state[row], lowest_state[row], sign_state[row]
-    return firing_out, onset_out, since_out, lowest_out, sign_out, suspicion
+    return firing_out, onset_out, accepted_out, shift_out, since_out, lowest_out, sign_out, suspicion

@@ -15,7 +15,11 @@ deviation minus that forecast.  The
 cleaned deviation follows the data but each step is clipped to
 :data:`CLIP` innovation scales, so one spike moves it a little and a sustained
 shift only gradually: after a spike the next ordinary point is not a false
-"drop", and a shift that persists keeps being unusual.  The coefficients
+"drop", and a shift that persists keeps being unusual.  While an alert is
+building up or open the cleaned deviation does not follow the data at all
+(``follow`` 0): it decays to 0 and the forecast with it, so an outage is
+judged against the series' behaviour from before it, however long it lasts,
+and the first normal point after it is judged that way too.  The coefficients
 regress each deviation on the cleaned ones before it (decayed moments, the
 Yule-Walker equations), restricted to a stationary filter whose persistence
 stays below :data:`MAX_RHO` (else lag 1 alone, else none): independent data
@@ -90,18 +94,29 @@ class ResidualWhitener(ArrayState):
         forecast = np.sum(self.coefficients(ids) * self.arrays["cleaned"][ids], axis=1)
         return z - forecast, forecast
 
-    def learn(self, ids: np.ndarray, z: np.ndarray, weight: np.ndarray) -> None:
+    def learn(
+        self, ids: np.ndarray, z: np.ndarray, weight: np.ndarray, follow: np.ndarray | None = None
+    ) -> None:
         """Move each series' filter on by its deviation; ``weight`` (0..1) scales what it learns.
 
         Every finite deviation moves the cleaned state (it is the filter, not
-        a belief about normal behaviour); NaN deviations leave it alone.
+        a belief about normal behaviour) by at most ``follow`` (0..1, default
+        1) times :data:`CLIP` innovation scales: 0 while an alert builds up or
+        is open, so the forecast does not drift towards the anomaly.  NaN
+        deviations leave it alone.
         """
+        ids = np.asarray(ids, dtype=np.int64)
         _learn_kernel(
             *(self.arrays[name] for name in self.fields),
-            np.asarray(ids, dtype=np.int64),
+            ids,
             np.asarray(z, dtype=np.float64),
             np.asarray(weight, dtype=np.float64),
+            np.ones(len(ids)) if follow is None else np.asarray(follow, dtype=np.float64),
         )
+
+    def forget_deviations(self, ids: np.ndarray) -> None:
+        """Clear the cleaned deviations of these series (their baseline moved: a new normal)."""
+        self.arrays["cleaned"][np.asarray(ids, dtype=np.int64)] = 0.0
 
 
 @njit(cache=True)
@@ -130,7 +145,7 @@ def _coefficients(moments, seen, ids):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _learn_kernel(cleaned, moments, innovation_scale, seen, ids, z, weight):  # type: ignore[no-untyped-def]
+def _learn_kernel(cleaned, moments, innovation_scale, seen, ids, z, weight, follow):  # type: ignore[no-untyped-def]
     keep = 1.0 - 1.0 / MEMORY
     for i in range(len(ids)):
         row, deviation = ids[i], z[i]
@@ -141,7 +156,7 @@ def _learn_kernel(cleaned, moments, innovation_scale, seen, ids, z, weight):  # 
         forecast = a1 * c1 + a2 * c2
         innovation = deviation - forecast
         scale = innovation_scale[row]
-        limit = CLIP * scale if scale > 0 else abs(innovation)
+        limit = (CLIP * scale if scale > 0 else abs(innovation)) * follow[i]
         w = weight[i]
         if w > 0:
             rate = max(1.0 - keep, 1.0 / (seen[row] + 1.0)) * w

@@ -154,6 +154,13 @@ class AutoModel:
             return last[3], last[4]
         return self.flat.assess(ids, t, x), self.seasonal.assess(ids, t, x)
 
+    def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
+        self._last_assessed = None
+        self.flat.adopt(ids, shift)
+        self.seasonal.adopt(ids, shift)
+        for name in ("mean_deviation", "run", "run_sum"):
+            self.own[name][ids] = 0
+
     def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
         flat, seasonal = self._forecasts(ids, t, x)
         _learn_kernel(

@@ -81,6 +81,15 @@ class OnlineModel(Protocol):
     def learn(self, ids: IdArray, t: FloatArray, x: FloatArray, weight: FloatArray) -> None:
         """Update each series with its point, each weighted in [0, 1]."""
 
+    def adopt(self, ids: IdArray, shift: FloatArray) -> None:
+        """Move these series' baseline by ``shift`` (in the series' units): a new normal.
+
+        Called when a persistent shift is accepted (by the alert policy after
+        ``accept_shift_after``, or by on-call): the next forecast is the old
+        one plus ``shift``; what the model knows of the series' shape and
+        spread stays.
+        """
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """All state as named arrays (no pickle needed to store them)."""
 

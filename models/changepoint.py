@@ -165,6 +165,12 @@ class LevelShift(ArrayState):
         stronger = ~warming & (np.abs(run) > np.abs(point))
         return Assessment(level, scale, np.where(stronger, run, point), warming)
 
+    def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
+        """The new level, as if a run had been adopted: both CUSUMs restart."""
+        self.arrays["level"][ids] += shift
+        for name in ("up", "up_n", "up_sum", "down", "down_n", "down_sum"):
+            self.arrays[name][ids] = 0.0
+
     def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
         a = self.arrays
         seen = a["seen"][ids]

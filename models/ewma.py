@@ -83,6 +83,9 @@ class RobustEWMA(ArrayState):
         )
         return Assessment(level, scale, deviation, warming)
 
+    def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
+        self.arrays["level"][ids] += shift
+
     def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
         _learn_kernel(
             self.arrays["level"],

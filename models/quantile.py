@@ -152,6 +152,9 @@ class RobustQuantile(ArrayState):
         deviation = np.where(seen > 0, (x - median) / scale, 0.0)
         return Assessment(median, scale, deviation, seen < self.warmup)
 
+    def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
+        self.arrays["median"][ids] += shift
+
     def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
         a = self.arrays
         seen = a["seen"][ids]

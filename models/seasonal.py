@@ -109,6 +109,9 @@ class SeasonalProfile(ArrayState):
         )
         return Assessment(expected, scale, deviation, warming)
 
+    def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
+        self.arrays["level"][ids] += shift
+
     def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
         _learn_kernel(
             *self._state(),

@@ -25,7 +25,7 @@ import numpy as np
 from detector.alerts import AlertEvent
 from detector.config import build_engine, build_tracker
 from detector.engine import ScoredBatch
-from detector.incidents import Links
+from detector.incidents import Links, transition_points
 from detector.labels import parse_series_key
 from detector.silences import SilenceSet
 from models.base import ArrayState, FieldSpecs
@@ -207,14 +207,21 @@ class DetectorRuntime:
         if not live or not len(ids):
             return []
         self.onsets.observe(t, scored.onset)
-        # The tracker takes each series once: its latest point and alert state.
-        last = last_positions(ids)
-        latest = ScoredBatch(
-            **{name: getattr(scored, name)[last] for name in ScoredBatch.__dataclass_fields__}
+        # Every opening and resolution in the batch, in time order; the points between tell nothing.
+        firing = np.zeros(len(keys), dtype=bool)
+        firing[[row for row in map(self.engine.series.get, self.tracker.firing_keys) if row is not None]] = (
+            True
         )
-        last_keys = [keys[row] for row in ids[last].tolist()]
+        chosen = transition_points(ids, scored, firing)
+        part = scored.take(chosen)
         return self.tracker.observe(
-            self.clock(), last_keys, self.labels, t[last], x[last], latest, self.model_name
+            self.clock(),
+            [keys[row] for row in ids[chosen].tolist()],
+            self.labels,
+            t[chosen],
+            x[chosen],
+            part,
+            self.model_name,
         )
 
     def _remember(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, scored: ScoredBatch) -> None:

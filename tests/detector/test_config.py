@@ -51,7 +51,7 @@ def test_full_file_is_read(tmp_path: Path) -> None:
 model: seasonal
 model_params: {bins: 48, weekly: false}
 calibration: {memory: 5000, warmup: 50, direction: high}
-alerting: {false_alerts_per_week: 0.5, resolve_after: 4, cooldown: 1h}
+alerting: {false_alerts_per_week: 0.5, resolve_after: 4m, cooldown: 1h}
 protect_below: 0.01
 """,
         )
@@ -61,7 +61,7 @@ protect_below: 0.01
     assert (config.calibration.memory, config.calibration.warmup) == (5000, 50)
     assert config.calibration.direction == "high"
     assert config.alerting.cooldown == 3600.0
-    assert (config.alerting.false_alerts_per_week, config.alerting.resolve_after) == (0.5, 4)
+    assert (config.alerting.false_alerts_per_week, config.alerting.resolve_after) == (0.5, 240.0)
     assert config.protect_below == 0.01
 
 
@@ -140,6 +140,17 @@ def test_point_counting_persistence_is_gone_with_a_hint(tmp_path: Path) -> None:
     assert "remove them" in message
 
 
+def test_alert_durations_are_durations(tmp_path: Path) -> None:
+    message = _error(tmp_path, "alerting: {resolve_after: 3}\n")
+    assert "resolve_after: 3 has no unit; it is a duration now" in message and "3m" in message
+    message = _error(tmp_path, "alerting: {adopt_after: 12}\n")
+    assert "adopt_after is gone" in message and "accept_shift_after" in message
+    config = load_config(_write(tmp_path, "alerting: {resolve_after: 90s, accept_shift_after: 1h}\n"))
+    policy = build_engine(config).policy
+    assert (policy.resolve_after, policy.accept_shift_after) == (90.0, 3600.0)
+    assert build_engine(load_config(None)).policy.accept_shift_after == 7200.0
+
+
 def test_one_budget_or_the_other(tmp_path: Path) -> None:
     message = _error(tmp_path, "alerting:\n  false_alerts_per_week: 1\n  false_alerts_per_day: 2\n")
     assert "are both set; keep one" in message
@@ -190,7 +201,7 @@ def test_build_engine_uses_every_section() -> None:
             "model": "ewma",
             "model_params": {"halflife": 6},
             "calibration": {"memory": 500, "direction": "low"},
-            "alerting": {"false_alerts_per_day": 3, "resolve_after": 5, "cooldown": "10m"},
+            "alerting": {"false_alerts_per_day": 3, "resolve_after": "5m", "cooldown": "10m"},
             "protect_below": 0.05,
         }
     )
@@ -198,7 +209,7 @@ def test_build_engine_uses_every_section() -> None:
     assert isinstance(engine.model, RobustEWMA) and engine.model.halflife == 6.0
     assert engine.calibrator.memory == 500 and engine.calibrator.direction == "low"
     assert engine.policy.false_alerts_per_day == 3 and engine.policy.false_alerts_per_week is None
-    assert engine.policy.resolve_after == 5 and engine.policy.cooldown == 600.0
+    assert engine.policy.resolve_after == 300.0 and engine.policy.cooldown == 600.0
     assert engine.protect_below == 0.05
 
 

@@ -55,6 +55,7 @@ def _observe(
         alert=firing,
         onset=firing & np.array([alert.get(key) == t for key in KEYS]),
         decided=np.array([key not in undecided for key in KEYS]),
+        accepted=np.zeros(n, dtype=bool),
         since=np.array([alert.get(key, np.nan) for key in KEYS]),
         lowest_p=np.where(firing, p_value, np.nan),
         alert_sign=np.where(firing, sign, 0).astype(np.int8),

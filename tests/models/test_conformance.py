@@ -187,3 +187,17 @@ def test_state_per_series_is_small(factory: Factory) -> None:
     if not hasattr(model, "nbytes_per_series"):
         pytest.skip("model does not report its size")
     assert 0 < model.nbytes_per_series() < 2048
+
+
+def test_adopt_moves_the_forecast_by_the_shift_and_nothing_else(factory: Factory) -> None:
+    t, x = make_data()
+    model = fresh(factory, N_SERIES)
+    run(model, t, x, 0, 150)
+    ids = np.arange(N_SERIES)
+    when, value = np.full(N_SERIES, t[-1] + INTERVAL), x[-1]
+    before = model.assess(ids, when, value)
+    shift = np.linspace(-50.0, 50.0, N_SERIES)
+    model.adopt(ids[1:], shift[1:])  # series 0 is not adopted: it must not move
+    after = model.assess(ids, when, value)
+    np.testing.assert_allclose(after.expected - before.expected, np.r_[0.0, shift[1:]], rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(after.scale, before.scale)
