@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(PY) -m service.demo
 
 ## demo-check: the live demo unattended: exit 0 once every replayed incident has alerted in
-## Alertmanager, 1 if that takes longer than 240 s
+## Alertmanager, active until its incident ends; 1 if one resolves early or it takes longer than 300 s
 demo-check: $(STAMP)
 	$(demo_packages)
 	$(PY) -m service.demo --check

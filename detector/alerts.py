@@ -17,10 +17,19 @@ and a restart can deliver it later, and every sink formats the same facts.
 True
 >>> event.top.observed
 950.0
+
+An event stored before ``resolution`` and ``late_by`` existed loads with their
+defaults: resolved the ordinary way, data on time.
+
+>>> old = {k: v for k, v in event.to_dict().items() if k not in ("resolution", "late_by")}
+>>> restored = AlertEvent.from_dict(old)
+>>> restored.resolution, restored.late_by
+('', 0.0)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -64,6 +73,21 @@ class AlertEvent:
     retried delivery is a no-op at the receiver; ``sequence`` counts the
     incident's events, so ``(incident_id, sequence)`` identifies a delivery.
     ``findings`` are ranked, most unusual first.
+
+    ``resolution`` says, for a resolved event, why the incident resolved, as a
+    short sentence ("accepted as the new normal after 2h"); empty means the
+    ordinary reason, the series came back inside its expected band.
+    ``late_by`` is how many seconds after its own time the onset sample
+    reached the detector, when that exceeded the detector's ``late_after``;
+    0 means the data was on time.
+
+    >>> AlertEvent(
+    ...     incident_id="api-1", status="firing", change="updated", detector="latency",
+    ...     group_labels={}, opened_at=0.0, resolved_at=None, updated_at=60.0, sequence=2,
+    ...     findings=(), summary="", description="", links={}, resolution="by feedback")
+    Traceback (most recent call last):
+    ...
+    ValueError: resolution 'by feedback' is set on a firing event; only a resolved event has one
     """
 
     incident_id: str
@@ -80,6 +104,17 @@ class AlertEvent:
     description: str
     links: dict[str, str]
     correlated: tuple[str, ...] = field(default=())
+    resolution: str = ""
+    late_by: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.resolution and self.status != "resolved":
+            raise ValueError(
+                f"resolution {self.resolution!r} is set on a {self.status} event; "
+                "only a resolved event has one"
+            )
+        if not (math.isfinite(self.late_by) and self.late_by >= 0.0):
+            raise ValueError(f"late_by {self.late_by!r} is not a number of seconds >= 0; use 0 when on time")
 
     @property
     def top(self) -> SeriesFinding:

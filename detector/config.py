@@ -8,7 +8,7 @@ The file is small and every key is optional::
     alerting: {false_alerts_per_week: 1.0,   # or false_alerts_per_day: N (whole detector)
                resolve_after: 2m, cooldown: 30m, accept_shift_after: 2h, direction: both,
                min_deviation: 0, min_relative_deviation: 0,
-               group_by: [job], group_window: 2m, refresh_interval: 1m}
+               group_by: [job], group_window: 2m, refresh_interval: 1m, late_after: 5m}
     protect_below: 0.001
 
 ``${VAR}`` and ``${VAR:-default}`` are replaced from the environment in the
@@ -122,16 +122,16 @@ class CalibrationConfig(_Section):
 
 
 #: The alerting keys that configure the :class:`IncidentTracker`; the others are the policy's.
-_INCIDENT_KEYS = {"group_by", "group_window", "refresh_interval"}
+_INCIDENT_KEYS = {"group_by", "group_window", "refresh_interval", "late_after"}
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 class AlertingConfig(_Section):
     """When a series alerts (:class:`detector.policy.AlertPolicy`) and how alerts group into incidents.
 
-    ``group_by``, ``group_window`` and ``refresh_interval`` are the arguments
-    of :class:`detector.incidents.IncidentTracker`; every other key is the
-    policy's.  Series group by ``job`` unless told otherwise: one page per
+    ``group_by``, ``group_window``, ``refresh_interval`` and ``late_after``
+    are the arguments of :class:`detector.incidents.IncidentTracker`; every
+    other key is the policy's.  Series group by ``job`` unless told otherwise: one page per
     service in trouble, not one per instance.  ``direction`` is the one to set
     for one-sided alerting; the calibration follows it (see
     :class:`DetectorConfig`).
@@ -155,6 +155,7 @@ class AlertingConfig(_Section):
     group_by: list[str] = Field(default_factory=lambda: ["job"])
     group_window: Duration = 120.0
     refresh_interval: Duration = 60.0
+    late_after: Duration = 300.0
 
     @field_validator("group_by")
     @classmethod

@@ -404,18 +404,23 @@ class Engine:
         # Don't learn from what is flagged: neither a rare point, nor points that together are
         # building up to an alert (full weight until halfway to the alert level, none from it on).
         trust = np.clip(2.0 * (1.0 - decision.suspicion), 0.0, 1.0)
+        # While an alert is open, the series is judged against its behaviour from before the onset.
+        alert_open = decision.suspicion >= 1.0
         weight = np.where(model_warm, np.clip(p / self.protect_below, 0.0, 1.0) * trust, 1.0)
         # A shift accepted as the new normal is adopted below, not learned point by point.
         weight = np.where(decision.accepted, 0.0, weight)
         self.model.learn(ids, t, safe_x, np.where(fresh & learn, weight, 0.0))
         self.whitener.learn(
-            ids, np.where(model_warm & fresh, model_z, np.nan), np.where(learn, weight, 0.0), follow=trust
+            ids,
+            np.where(model_warm & fresh, model_z, np.nan),
+            np.where(learn, weight, 0.0),
+            follow=np.where(alert_open, 0.0, 1.0),
         )
         two_sided = 2.0 if self.calibrator.direction == "both" else 1.0
         upper_z, lower_z = self.calibrator.learn_and_band(
             ids,
             z,
-            np.where(model_warm & fresh & learn & (decision.suspicion < 1.0) & ~decision.accepted, 1.0, 0.0),
+            np.where(model_warm & fresh & learn & ~alert_open & ~decision.accepted, 1.0, 0.0),
             decision.band_p[:, HIGH] / two_sided,
             decision.band_p[:, LOW] / two_sided,
         )

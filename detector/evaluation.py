@@ -18,6 +18,13 @@ What an on-call engineer would count, per series and in total:
 Labels naming no recording are ignored; recordings without labels have no
 windows, so all their alerts are false.
 
+How much of an incident its alert covered (:func:`cover_series`) is measured
+over the incident's own times, not over a label window padded for early or
+late detection; the incidents come in the same format, read by
+:func:`load_labels`.  Per incident: the share of its rows where an alert was
+firing, the alert onsets inside it, the minutes from its start to the first
+row alerting inside it, and whether an alert was still firing on its last row.
+
 Against the alert budget (:class:`Budget`, as configured), :func:`alert_rate`
 counts a run's alert onsets for all its series together, per day of the run
 (what the detector as a whole sends) and per series-day.  With labels the
@@ -155,6 +162,65 @@ def evaluate_series(result: SeriesResult, windows: list[Window]) -> SeriesEvalua
 def evaluate(results: list[SeriesResult], labels: Mapping[str, list[Window]]) -> list[SeriesEvaluation]:
     """One evaluation per result, in the same order."""
     return [evaluate_series(result, labels.get(result.recording.name, [])) for result in results]
+
+
+@dataclass(frozen=True)
+class IncidentCoverage:
+    """How the alerts of one series covered one of its incidents.
+
+    ``coverage`` is the share of the incident's rows where an alert was firing
+    (NaN when no row falls inside it), ``onsets`` the alerts that opened inside
+    it, ``minutes_to_first_alert`` the time from its start to the first row
+    alerting inside it (0 for an alert already firing when it began, NaN when
+    none fired) and ``firing_at_end`` whether an alert was firing on its last row.
+
+    Examples
+    --------
+    Ten minutely rows alerting at minutes 3-4 and 6-9; the incident is minutes 2-7:
+
+    >>> from detector.recorded import Recording
+    >>> t, zeros = 60.0 * np.arange(10), np.zeros(10)
+    >>> alert = np.array([0, 0, 0, 1, 1, 0, 1, 1, 1, 1], dtype=bool)
+    >>> onset = alert & ~np.r_[False, alert[:-1]]
+    >>> recording = Recording(Path("x.csv"), "x.csv", [""] * 10, t, zeros)
+    >>> warming = np.zeros(10, dtype=bool)
+    >>> result = SeriesResult(recording, zeros, alert, onset, zeros, zeros, zeros, warming)
+    >>> [incident] = cover_series(result, [(120.0, 420.0)])
+    >>> round(incident.coverage, 3), incident.onsets, incident.minutes_to_first_alert, incident.firing_at_end
+    (0.667, 2, 1.0, True)
+    """
+
+    series: str
+    incident: Window
+    coverage: float
+    onsets: int
+    minutes_to_first_alert: float
+    firing_at_end: bool
+
+
+def cover_series(result: SeriesResult, incidents: list[Window]) -> list[IncidentCoverage]:
+    """How the alerts of ``result`` covered each of its ``incidents``, in the same order."""
+    t = result.recording.t
+    covered = []
+    for start, end in incidents:
+        inside = np.nonzero((t >= start) & (t <= end))[0]
+        alerting = inside[result.alert[inside]]
+        covered.append(
+            IncidentCoverage(
+                series=result.recording.name,
+                incident=(start, end),
+                coverage=len(alerting) / len(inside) if len(inside) else math.nan,
+                onsets=int(np.count_nonzero(result.onset[inside])),
+                minutes_to_first_alert=float(t[alerting[0]] - start) / 60.0 if len(alerting) else math.nan,
+                firing_at_end=bool(len(inside)) and bool(result.alert[inside[-1]]),
+            )
+        )
+    return covered
+
+
+def cover(results: list[SeriesResult], incidents: Mapping[str, list[Window]]) -> list[IncidentCoverage]:
+    """:func:`cover_series` for every result in order; incidents naming no result are ignored."""
+    return [c for result in results for c in cover_series(result, incidents.get(result.recording.name, []))]
 
 
 def combine(evaluations: list[SeriesEvaluation], name: str = "total") -> SeriesEvaluation:

@@ -161,6 +161,12 @@ def summarize(event: AlertEvent) -> str:
     ...     description="", links={"graph": "http://prometheus/graph"}, correlated=('errors{job="api"}',))
     >>> summarize(event)
     'latency: latency{instance="a"} is above its expected band: 950 vs 300 – 500 (and 1 more series)'
+
+    An alert raised from data that arrived late says so:
+
+    >>> import dataclasses
+    >>> summarize(dataclasses.replace(event, findings=(finding,), late_by=7500.0))
+    'latency: latency{instance="a"} is above its expected band: 950 vs 300 – 500 (late data)'
     """
     top = event.top
     verb = "is" if event.status == "firing" else "was"
@@ -169,10 +175,11 @@ def summarize(event: AlertEvent) -> str:
     else:
         against = f"about {format_value(top.expected)}"
     more = f" (and {len(event.findings) - 1} more series)" if len(event.findings) > 1 else ""
+    late = " (late data)" if event.late_by > 0 else ""
     name = short_name(top.labels, omit=event.group_labels) if top.labels else top.key
     return (
         f"{event.detector}: {name} {verb} {_side(top)} its expected band: "
-        f"{format_value(top.observed)} vs {against}{more}"
+        f"{format_value(top.observed)} vs {against}{more}{late}"
     )
 
 
@@ -201,6 +208,19 @@ def describe(event: AlertEvent) -> str:
     Correlated series that moved too: errors{job="api"}
     Links:
       graph: http://prometheus/graph
+
+    A resolved event says why it resolved when that was not the ordinary
+    return to the band, and an alert raised from late data says how late:
+
+    >>> import dataclasses
+    >>> resolved = dataclasses.replace(
+    ...     event, status="resolved", change="resolved", resolved_at=1700007200.0,
+    ...     resolution="accepted as the new normal after 2h", late_by=7500.0)
+    >>> for line in describe(resolved).splitlines()[3:5]:
+    ...     print(line)  # doctest: +NORMALIZE_WHITESPACE
+    Started 2023-11-14T22:13:20Z, resolved 2023-11-15T00:13:20Z after 2 hours:
+      accepted as the new normal after 2h.
+    The data arrived 2 hours late.
     """
     top = event.top
     verb = "is" if event.status == "firing" else "was"
@@ -214,9 +234,12 @@ def describe(event: AlertEvent) -> str:
         lines.append(f"{started}, firing for {format_duration(event.updated_at - event.opened_at)}.")
     else:
         ended = event.resolved_at if event.resolved_at is not None else event.updated_at
+        why = f": {event.resolution.rstrip('.')}" if event.resolution else ""
         lines.append(
-            f"{started}, resolved {format_time(ended)} after {format_duration(ended - event.opened_at)}."
+            f"{started}, resolved {format_time(ended)} after {format_duration(ended - event.opened_at)}{why}."
         )
+    if event.late_by > 0:
+        lines.append(f"The data arrived {format_duration(event.late_by)} late.")
     state = "still warming up: the score is provisional" if top.warming else "warmed up"
     lines.append(f"Model {top.model}, {state}.")
     others = event.findings[1:]

@@ -155,7 +155,7 @@ MAX_LEVEL = -2.0 * _PEAK_ORIGIN / PEAK_UNIT
 #: Halvings of 0 .. MAX_LEVEL that find an alert level (to 0.004).
 _LEVEL_STEPS = 14
 #: The fewest calm points that resolve an alert, whatever ``resolve_after`` and the interval.
-MIN_RESOLVE_POINTS = 2
+MIN_RESOLVE_POINTS = 3
 #: How fast the shift estimate (observed minus expected, while alerting) follows the data.
 _SHIFT_RATE = 0.1
 

@@ -1,4 +1,4 @@
-"""Regenerate the replay_data scenarios and their incident labels.
+"""Regenerate the replay_data scenarios, their incidents and incident labels.
 
 Each scenario is one week of per-minute samples of a single Prometheus-style
 metric, with realistic normal behaviour and one or two labelled incidents.
@@ -13,7 +13,8 @@ Writes, relative to this file's directory:
     latency/api_p99_latency_seconds.csv
     error_ratio/http_5xx_ratio.csv
     queue_lag/consumer_lag_messages.csv
-    labels.json   (NAB combined_windows format)
+    labels.json      (NAB combined_windows format: padded windows, for detection)
+    incidents.json   (same format: the incidents' own times, for coverage)
 """
 
 from __future__ import annotations
@@ -60,7 +61,13 @@ class Window:
         return Window(max(0, self.start - before), min(N - 1, self.end + after))
 
 
-Result = tuple[FloatArray, list[Window]]
+@dataclass(frozen=True)
+class Result:
+    """A scenario's values, its incidents' own rows and their (wider) NAB label windows."""
+
+    values: FloatArray
+    incidents: list[Window]
+    labels: list[Window]
 
 
 def at(day: int, hour: int, minute: int = 0) -> int:
@@ -113,7 +120,7 @@ def web_traffic(rng: np.random.Generator) -> Result:
 
     # Prometheus missed five scrapes; the series has holes, not zeros.
     values[Window(at(2, 10, 0), at(2, 10, 4)).rows] = np.nan
-    return values, [drop.padded(10, 10)]
+    return Result(values, [drop], [drop.padded(10, 10)])
 
 
 def latency(rng: np.random.Generator) -> Result:
@@ -131,8 +138,10 @@ def latency(rng: np.random.Generator) -> Result:
     # Unrelated transient: a dependency stalls for ten minutes.
     spike = Window(at(6, 9, 20), at(6, 9, 29))
     values[spike.rows] *= rng.uniform(3.6, 4.4, spike.size)
-    # Only the onset of the step is anomalous, so its label is one hour long.
-    return values, [Window(deploy, deploy).padded(10, 60), spike.padded(10, 10)]
+    # Only the onset of the step is anomalous (it becomes the new normal), so
+    # the incident is its first hour and its label is one hour long.
+    first_hour = Window(deploy, deploy + 59)
+    return Result(values, [first_hour, spike], [Window(deploy, deploy).padded(10, 60), spike.padded(10, 10)])
 
 
 def error_ratio(rng: np.random.Generator) -> Result:
@@ -146,7 +155,7 @@ def error_ratio(rng: np.random.Generator) -> Result:
     p_error[burst.rows] = rng.uniform(0.045, 0.055, burst.size)
 
     errors = rng.binomial(requests, p_error)
-    return errors / requests, [burst.padded(10, 10)]
+    return Result(errors / requests, [burst], [burst.padded(10, 10)])
 
 
 def queue_lag(rng: np.random.Generator) -> Result:
@@ -166,7 +175,7 @@ def queue_lag(rng: np.random.Generator) -> Result:
     values = np.round(backlog) + rng.poisson(0.1 * trickle + 2.0)
     # Label until the backlog is gone, since catching up is part of the incident.
     recovered = stuck.end + int(np.argmax(backlog[stuck.end :] < 1.0))
-    return values, [Window(stuck.start, max(stuck.start + 60, recovered)).padded(10, 0)]
+    return Result(values, [stuck], [Window(stuck.start, max(stuck.start + 60, recovered)).padded(10, 0)])
 
 
 def batches(rng: np.random.Generator, mean_size: FloatArray) -> IntArray:
@@ -220,18 +229,26 @@ def write_csv(path: Path, stamps: list[str], values: FloatArray, fmt: str) -> No
     path.write_text(text, encoding="utf-8", newline="\n")
 
 
+def write_windows(path: Path, stamps: list[str], windows: dict[str, list[Window]]) -> None:
+    """Write windows per CSV path as ``[start, end]`` timestamps (NAB combined_windows format)."""
+    data = {name: [[stamps[w.start], stamps[w.end]] for w in spans] for name, spans in windows.items()}
+    path.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8", newline="\n")
+
+
 def main() -> None:
-    """Rewrite every scenario CSV and labels.json."""
+    """Rewrite every scenario CSV, labels.json and incidents.json."""
     stamps = timestamps()
-    labels: dict[str, list[list[str]]] = {}
+    labels: dict[str, list[Window]] = {}
+    incidents: dict[str, list[Window]] = {}
     for scenario in SCENARIOS:
         # One seed per scenario, so editing one never reshuffles the others.
         rng = np.random.default_rng([SEED, scenario.seed_offset])
-        values, windows = scenario.build(rng)
-        write_csv(OUT_DIR / scenario.path, stamps, values, scenario.fmt)
-        labels[scenario.path] = [[stamps[w.start], stamps[w.end]] for w in windows]
-    text = json.dumps(labels, indent=4) + "\n"
-    (OUT_DIR / "labels.json").write_text(text, encoding="utf-8", newline="\n")
+        result = scenario.build(rng)
+        write_csv(OUT_DIR / scenario.path, stamps, result.values, scenario.fmt)
+        labels[scenario.path] = result.labels
+        incidents[scenario.path] = result.incidents
+    write_windows(OUT_DIR / "labels.json", stamps, labels)
+    write_windows(OUT_DIR / "incidents.json", stamps, incidents)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Routes::
     GET  /api/v1/series           series, optionally ?detector=…&anomalous=true
     GET  /api/v1/series/{id}      one series: latest value, band, score, warm-up status
     GET  /api/v1/alerts           recent alert events (newest first) and delivery counts
-    POST /api/v1/alerts/{incident_id}/feedback   {"verdict": "false_positive" | "incident"}
+    POST /api/v1/alerts/{incident_id}/feedback   {"verdict": "false_positive" | "incident" | "new_normal"}
     GET/POST /api/v1/silences, DELETE /api/v1/silences/{id}   silences and maintenance windows
 
 The engine, store and loops are built in the lifespan handler and kept on
@@ -130,9 +130,15 @@ class DetectorReply(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """On-call's verdict on an alert."""
+    """On-call's verdict on an alert.
 
-    verdict: Literal["false_positive", "incident"]
+    ``false_positive`` halves the series' budget that way, ``incident``
+    restores it and keeps the incident out of learning (and from being
+    accepted as a new normal), ``new_normal`` adopts the series' current level
+    at once and resolves its alert with that reason.
+    """
+
+    verdict: Literal["false_positive", "incident", "new_normal"]
 
 
 class SilenceRequest(SilenceSettings):

@@ -7,7 +7,11 @@ input's path relative to its directory.  The summary sets the alert rate
 beside the configured budget, both per day for all series together and per
 series-day.  With ``--labels`` (NAB's ``combined_windows.json`` format) it
 also reports windows detected, false alerts and time to detect, and the rate
-is of false alerts (onsets outside every labelled window).
+is of false alerts (onsets outside every labelled window).  With
+``--incidents`` (the same format, holding the incidents' own times rather than
+padded windows) it shows, per incident, how much of it an alert covered, the
+alert onsets inside it, the minutes to the first alert and whether an alert was
+still firing at its end.
 
 ``backtest --prometheus URL --query Q --start T [--end T] [--step 1m]`` replays
 a range read from Prometheus instead.  Each series becomes a recording named by
@@ -52,10 +56,13 @@ from detector.labels import series_key
 from detector.recorded import Recording, RecordingError, find_recordings, read_recording
 from service.prometheus import PrometheusError, PrometheusReader, RangeSeries, parse_time
 from service.report import (
+    COVERAGE_CAPTION,
+    COVERAGE_COLUMNS,
     Figures,
     Run,
     abbreviate,
     compare_runs,
+    coverage_rows,
     figures,
     format_number,
     format_timestamp,
@@ -109,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument(
         "--labels", type=Path, metavar="FILE", help="incident windows (NAB combined_windows.json)"
+    )
+    backtest.add_argument(
+        "--incidents",
+        type=Path,
+        metavar="FILE",
+        help="the incidents' own times, in the --labels format: show how much of each an alert covered",
     )
     backtest.add_argument("--report", type=Path, metavar="FILE", help="write an HTML report with plots")
     backtest.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -302,24 +315,37 @@ def _table(runs: list[Run], labels: Mapping[str, list[Window]] | None) -> list[s
     return lines
 
 
+def _aligned(rows: list[list[str]], words: int) -> list[str]:
+    """Rows (titles first) in columns two spaces apart: the first ``words`` left-aligned, numbers right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.ljust(width) if i < words else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+
+
 def _rates(runs: list[Run], labels: Mapping[str, list[Window]] | None) -> list[str]:
     """Each run's alert rate beside its budget, one row per run, titled and worded as in the report."""
     columns = rate_columns(labels is not None)
     titles = ["run", *(title for title, _ in columns)]
-    rows = []
-    for run in runs:
-        rate = run.alert_rate(labels)
-        rows.append([run.name, *(cell(rate) for _, cell in columns)])
-    widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(titles)]
+    rows = [[run.name, *(cell(run.alert_rate(labels)) for _, cell in columns)] for run in runs]
+    # The run and its budget are words; the rates are numbers.
+    return [rate_caption(labels is not None, len(runs[0].results)), *_aligned([titles, *rows], words=2)]
 
-    def line(cells: list[str]) -> str:
-        # The run and its budget are words, left-aligned; the rates are numbers.
-        return "  ".join(
-            cell.ljust(width) if i < 2 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        )
 
-    return [rate_caption(labels is not None, len(runs[0].results)), line(titles), *map(line, rows)]
+def _coverage(runs: list[Run], incidents: Mapping[str, list[Window]]) -> list[str]:
+    """How much of each incident each run's alert covered, titled and worded as in the report."""
+    run = ["run"] if len(runs) > 1 else []
+    titles = ["series", *run, *(title for title, _ in COVERAGE_COLUMNS)]
+    rows = [
+        [row.series, *([name] if run else []), *(cell(row) for _, cell in COVERAGE_COLUMNS)]
+        for name, row in coverage_rows(runs, incidents)
+    ]
+    # The series, the run and the incident are words; the rest are figures.
+    return [COVERAGE_CAPTION, *_aligned([titles, *rows], words=len(run) + 2)]
 
 
 def _differences(a: Run, b: Run, labels: Mapping[str, list[Window]] | None) -> list[str]:
@@ -386,6 +412,7 @@ def _backtest(args: argparse.Namespace) -> int:
         configs = [("backtest", str(args.config or "defaults"), load_config(args.config))]
         directories = [args.output]
     labels = load_labels(args.labels) if args.labels is not None else None
+    incidents = load_labels(args.incidents) if args.incidents is not None else None
     data = _read_prometheus(args) if args.prometheus is not None else _read_files(args.inputs)
     targets = [_targets(directory, data) for directory in directories]
     show_progress = not args.quiet and sys.stderr.isatty()
@@ -410,7 +437,7 @@ def _backtest(args: argparse.Namespace) -> int:
             _write_manifest(directory, data.manifest)
     if args.report is not None:
         with _writing(args.report, "the report"):
-            write_report(args.report, runs, labels, source=data.source)
+            write_report(args.report, runs, labels, source=data.source, incidents=incidents)
     if args.quiet:
         return 0
     lines = _summary(runs, seconds, directories)
@@ -419,11 +446,17 @@ def _backtest(args: argparse.Namespace) -> int:
     if labels is not None:
         labelled = sum(recording.name in labels for recording in data.recordings)
         lines.append(f"labelled       {labelled} of {len(data.recordings)} series")
+    if incidents is not None:
+        covered = [recording.name for recording in data.recordings if incidents.get(recording.name)]
+        count = sum(len(incidents[name]) for name in covered)
+        lines.append(f"incidents      {count} in {len(covered)} of {len(data.recordings)} series")
     lines.extend(["", *_rates(runs, labels)])
     if labels is not None or len(runs) > 1:
         lines.extend(["", *_table(runs, labels)])
     if len(runs) > 1:
         lines.extend(["", *_differences(runs[0], runs[1], labels)])
+    if incidents is not None:
+        lines.extend(["", *_coverage(runs, incidents)])
     print("\n".join(lines))
     return 0
 

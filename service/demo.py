@@ -246,7 +246,9 @@ def service_config(
             "      # The budget counts wall-clock weeks: this is the default (1 per recorded week)",
             "      # with recorded minutes played faster.",
             f"      false_alerts_per_week: {1.0 / scale:.4g}",
+            commented(f"      resolve_after: {2 * step:g}s", "2 recorded minutes"),
             commented(f"      cooldown: {30 * step:g}s", "30 recorded minutes"),
+            commented(f"      accept_shift_after: {120 * step:g}s", "2 recorded hours"),
             commented(f"      group_window: {2 * step:g}s", "2 recorded minutes"),
         ]
     lines += [
@@ -283,6 +285,8 @@ class Incident:
     ended: bool = False
     alerts: list[dict[str, Any]] = field(default_factory=list)
     false_alerts: list[dict[str, Any]] = field(default_factory=list)
+    #: Alerts about this incident that resolved while it was still playing.
+    resolved_early: list[dict[str, Any]] = field(default_factory=list)
 
     def names_series(self, alert: dict[str, Any]) -> bool:
         """Whether an Alertmanager alert is about this scenario's series."""
@@ -618,7 +622,10 @@ class Demo:
                 if failed:
                     self._report(playback, "false alert before the incident")
                     return 1
-                if all(i.alerts for i in self.incidents):
+                if any(i.resolved_early for i in self.incidents):
+                    self._report(playback, "an alert resolved while its incident was still playing")
+                    return 1
+                if all(i.alerts and i.ended for i in self.incidents):
                     self._success()
                     return 0
             if deadline is not None and time.monotonic() > deadline:
@@ -669,9 +676,16 @@ class Demo:
         for fingerprint, alert in list(self.seen.items()):
             if fingerprint not in current and not alert.get("_resolved"):
                 alert["_resolved"] = True
+                for incident in self.incidents:
+                    if incident in self._alerted_by(alert) and not incident.ended:
+                        incident.resolved_early.append(alert)
                 self.say(
                     f"resolved in Alertmanager: {alert.get('annotations', {}).get('summary', fingerprint)}"
                 )
+
+    def _alerted_by(self, alert: dict[str, Any]) -> list[Incident]:
+        """The incidents this alert counted for (not those it was a false alert of)."""
+        return [i for i in self.incidents if any(a is alert for a in i.alerts)]
 
     def _window_wall_time(self, incident: Incident, playback: Playback) -> float | None:
         """Wall time at which the labelled window of the incident started playing."""
@@ -704,6 +718,7 @@ class Demo:
                     "series": i.track.scenario.key,
                     "alerts": i.alerts,
                     "false_alerts": i.false_alerts,
+                    "resolved_early": i.resolved_early,
                 }
                 for i in self.incidents
             },
@@ -712,7 +727,10 @@ class Demo:
         (self.workdir / "check.json").write_text(json.dumps(record, indent=2) + "\n")
 
     def _success(self) -> None:
-        self.say("check passed: every played incident has an alert in Alertmanager naming its series")
+        self.say(
+            "check passed: every played incident has an alert in Alertmanager naming its series, "
+            "active until the incident was over"
+        )
         for incident in self.incidents:
             alert = incident.alerts[0]
             labels = ",".join(f"{k}={v}" for k, v in sorted(alert["labels"].items()))
@@ -761,10 +779,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="exit 0 once every played incident has an alert in Alertmanager, 1 if --timeout passes first",
+        help="exit 0 once every played incident has had an alert in Alertmanager active until it ended, "
+        "1 if one resolved early or --timeout passes first",
     )
     parser.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="stop after this long (--check: 240, else never)"
+        "--timeout", type=float, metavar="SECONDS", help="stop after this long (--check: 300, else never)"
     )
     parser.add_argument(
         "--speed", type=float, default=3.0, metavar="SECONDS", help="real seconds per recorded minute (3)"
@@ -795,7 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit status (0 done, 1 check failed, 2 could not start)."""
     args = _parser().parse_args(argv)
     if args.check and args.timeout is None:
-        args.timeout = 240.0
+        args.timeout = 300.0
     if not 0.5 <= args.speed <= 60:
         print(
             f"{PROG}: error: --speed {args.speed:g} is out of range; use 0.5 to 60 seconds", file=sys.stderr

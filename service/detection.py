@@ -256,22 +256,27 @@ class Detection:
         return next((e for e in self._recent if e.incident_id == incident_id), None)
 
     def feedback(self, incident_id: str, verdict: str) -> AlertEvent:
-        """Mark an incident a false positive or a real incident (see :meth:`Engine.mark_false_positive`).
+        """Mark an incident a false positive, a real incident or a new normal.
 
+        See :meth:`Engine.mark_false_positive` and :meth:`Engine.mark_incident`.
         A confirmed incident also becomes a maintenance window over its series
         from its start until an hour from now, so it is not learned as normal.
+        A new normal is adopted at once and the incident resolves, saying so.
         """
         event = self.find_incident(incident_id)
         if event is None:
             raise KeyError(incident_id)
         runtime = self.runtimes[event.detector]
+        if verdict == "new_normal":
+            keys = [finding.key for finding in event.findings]
+            self.publish(runtime.accept_new_normal(keys, "accepted as the new normal by on-call feedback"))
         for finding in event.findings:
             row = runtime.engine.series.get(finding.key)
             if row is None:
                 continue
             if verdict == "false_positive":
                 runtime.engine.mark_false_positive(np.array([row]), finding.direction)
-            else:
+            elif verdict == "incident":
                 runtime.engine.mark_incident(np.array([row]), finding.direction)
         if verdict == "incident":
             matchers = [Matcher(name, "=", value) for name, value in event.top.labels.items()]
@@ -355,7 +360,7 @@ class Detection:
         self.publish(runtime.ingest(keys, t, x, rules=self.silences.rules))
         runtime.last_eval = now
         self.evaluated.add(runtime.name)
-        self.metrics.ingested.labels(runtime.name, "pull").inc(len(samples))
+        self._count(runtime, "pull", t)
         self.metrics.evaluation.labels(runtime.name).observe(time.perf_counter() - started)
         if len(t):
             self.metrics.lag.labels(runtime.name).set(self.clock() - float(t.max()))
@@ -387,7 +392,7 @@ class Detection:
                 [keys[i] for i in keep], t[index], x[index], live=live, rules=self.silences.rules
             )
             self.publish(events)
-            self.metrics.ingested.labels(runtime.name, "history" if not live else "catch_up").inc(len(keep))
+            self._count(runtime, "catch_up" if live else "history", t[index])
             log.info(
                 "detector %s: replayed %d points (%s)",
                 runtime.name,
@@ -439,12 +444,20 @@ class Detection:
         if len(use):
             t = decoded.t[use]
             self.publish(runtime.ingest_rows(rows[use], t, decoded.x[use], rules=self.silences.rules))
-            self.metrics.ingested.labels(runtime.name, "remote_write").inc(len(use))
+            self._count(runtime, "remote_write", t)
             self.metrics.lag.labels(runtime.name).set(self.clock() - float(t.max()))
         if (decoded.stale & (rows >= 0)).any():
             tracked = np.nonzero(rows >= 0)[0]
             last = tracked[last_positions(rows[tracked])]
             runtime.end(decoded.keys[i] for i in last[decoded.stale[last]].tolist())
+
+    def _count(self, runtime: DetectorRuntime, source: str, t: np.ndarray) -> None:
+        """Count scored samples, and those that came later than the detector's ``late_after`` (live only)."""
+        self.metrics.ingested.labels(runtime.name, source).inc(len(t))
+        if source != "history":
+            late = int(np.count_nonzero(t < self.clock() - runtime.tracker.late_after))
+            if late:
+                self.metrics.late.labels(runtime.name).inc(late)
 
     @staticmethod
     def _rows(runtime: DetectorRuntime, decoded: DecodedWrite) -> np.ndarray:

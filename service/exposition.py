@@ -96,6 +96,12 @@ class SelfMetrics:
             ["reason"],
             registry=r,
         )
+        self.late = Counter(
+            "anomaly_detector_samples_late",
+            "Samples scored more than the detector's late_after after their own time (their alerts say so).",
+            ["detector"],
+            registry=r,
+        )
         self.series = Gauge(
             "anomaly_detector_series_tracked", "Series with model state.", ["detector"], registry=r
         )

@@ -10,11 +10,14 @@ or two runs on the same data (``--compare A.yaml B.yaml``), this module gives
 * :func:`figures`: per series and in total, points, alerts and alerts per
   series-day, and with labels the event-level figures of
   :mod:`detector.evaluation` (windows detected, false alerts, time to detect);
+* :func:`coverage_rows`: with incidents (their own times, not padded label
+  windows), how much of each one every run's alert covered, in the columns of
+  :data:`COVERAGE_COLUMNS`, alike in the terminal summary and the report;
 * :func:`compare`: per series, which labelled windows only one run detects and
   which alerts only one run raises.  An alert is the same in both runs when the
   other run is firing at some point while it fires, so a change that only moves
   an alert by a minute is no difference;
-* :func:`render_report`: one self-contained HTML page with both, and a plot per
+* :func:`render_report`: one self-contained HTML page with all of these, and a plot per
   series (observed values, expected band, anomaly score, alert onsets,
   labelled windows) as inline SVG.  It loads nothing from anywhere: no scripts,
   no fonts, no style sheets.
@@ -41,10 +44,12 @@ from detector.backtest import SeriesResult
 from detector.evaluation import (
     AlertRate,
     Budget,
+    IncidentCoverage,
     SeriesEvaluation,
     Window,
     alert_rate,
     combine,
+    cover,
     evaluate_series,
 )
 
@@ -124,6 +129,36 @@ def rate_caption(labelled: bool, series: int) -> str:
         else "every alert onset (no labels tell false ones)"
     )
     return f"alert rate against the budget, {together}: {counted}"
+
+
+#: A column of the incident coverage table (after the series and run): its title and how it is filled.
+CoverageColumn = tuple[str, Callable[[IncidentCoverage], str]]
+
+COVERAGE_COLUMNS: list[CoverageColumn] = [
+    ("incident", lambda row: format_window(row.incident)),
+    ("coverage %", lambda row: format_number(100.0 * row.coverage, 0)),
+    ("onsets inside", lambda row: str(row.onsets)),
+    ("minutes to first alert", lambda row: format_number(row.minutes_to_first_alert, 1)),
+    ("firing at end", lambda row: "yes" if row.firing_at_end else "no"),
+]
+
+#: What the incident coverage table counts, in one line.
+COVERAGE_CAPTION = (
+    "incident coverage: the share of each incident's rows (its own times, not a padded label window) "
+    "where an alert was firing"
+)
+
+
+def coverage_rows(
+    runs: list[Run], incidents: Mapping[str, list[Window]]
+) -> list[tuple[str, IncidentCoverage]]:
+    """Each run's name and coverage of every incident; with two runs, one incident's rows are adjacent.
+
+    >>> coverage_rows([Run("A", "defaults", Budget(false_alerts_per_week=1.0), results=[])], {})
+    []
+    """
+    per_run = [[(run.name, row) for row in cover(run.results, incidents)] for run in runs]
+    return [row for group in zip(*per_run, strict=True) for row in group]
 
 
 @dataclass(frozen=True)
@@ -401,6 +436,18 @@ generated {{ generated }} UTC.</p>
 <td>{{ row.false_alerts_per_day }}</td><td>{{ row.minutes_to_detect }}</td>{% endif %}</tr>
 {% endfor %}</table>
 
+{% if coverage is not none %}
+<h2>Incident coverage</h2>
+<table id="coverage">
+<tr><th>series</th>{% if runs|length > 1 %}<th>run</th>{% endif %}{% for title in coverage_titles %}
+<th>{{ title }}</th>{% endfor %}</tr>
+{% for row in coverage %}<tr><td><a href="#{{ row.anchor }}">{{ row.series }}</a></td>
+{% if runs|length > 1 %}<td class="run-{{ row.run }}">{{ row.run }}</td>{% endif %}
+<td class="text">{{ row.cells[0] }}</td>{% for cell in row.cells[1:] %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<p class="meta">{{ coverage_caption }}.</p>
+{% endif %}
+
 {% if differences is not none %}
 <h2>What {{ runs[1].name }} changes against {{ runs[0].name }}</h2>
 {% if differences %}
@@ -484,11 +531,17 @@ def _differences(
     return shown
 
 
-def render_report(runs: list[Run], labels: Mapping[str, list[Window]] | None = None, source: str = "") -> str:
+def render_report(
+    runs: list[Run],
+    labels: Mapping[str, list[Window]] | None = None,
+    source: str = "",
+    incidents: Mapping[str, list[Window]] | None = None,
+) -> str:
     """The HTML page for one run, or two over the same recordings (compared A against B).
 
     ``source`` says where the data came from (files, or a Prometheus URL and
-    query); it is shown as text.
+    query); it is shown as text.  With ``incidents`` the page has a table of
+    how much of each one the alerts covered.
 
     Examples
     --------
@@ -528,14 +581,31 @@ def render_report(runs: list[Run], labels: Mapping[str, list[Window]] | None = N
         # Interleave the runs' rows, so A and B of one series are adjacent.
         rows=[_row(row, anchors) for group in zip(*tables, strict=True) for row in group],
         differences=_differences(runs[0], runs[1], labels, anchors) if len(runs) == 2 else None,
+        coverage_titles=[title for title, _ in COVERAGE_COLUMNS],
+        coverage_caption=COVERAGE_CAPTION[:1].upper() + COVERAGE_CAPTION[1:],
+        coverage=None
+        if incidents is None
+        else [
+            {
+                "series": row.series,
+                "anchor": anchors[row.series],
+                "run": run,
+                "cells": [cell(row) for _, cell in COVERAGE_COLUMNS],
+            }
+            for run, row in coverage_rows(runs, incidents)
+        ],
         plots=plots,
     )
 
 
 def write_report(
-    path: Path, runs: list[Run], labels: Mapping[str, list[Window]] | None = None, source: str = ""
+    path: Path,
+    runs: list[Run],
+    labels: Mapping[str, list[Window]] | None = None,
+    source: str = "",
+    incidents: Mapping[str, list[Window]] | None = None,
 ) -> None:
     """Write :func:`render_report` to ``path`` (UTF-8), creating its directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(runs, labels, source), encoding="utf-8")
+    path.write_text(render_report(runs, labels, source, incidents), encoding="utf-8")

@@ -249,6 +249,21 @@ class DetectorRuntime:
         arrays["seen"][rows] = self.clock()
         arrays["ended"][rows] = False
 
+    def accept_new_normal(self, keys: list[str], reason: str) -> list[AlertEvent]:
+        """Adopt these series' current level and resolve their alerts for ``reason``; returns the events.
+
+        The resolution is stamped with each series' latest sample time (the data's, not the clock's).
+        """
+        known = [(key, row) for key in keys if (row := self.engine.series.get(key)) is not None]
+        if not known:
+            return []
+        rows = np.array([row for _, row in known], dtype=np.int64)
+        at = self.latest.arrays["t"][rows]
+        alerting = self.engine.accept_new_normal(rows, at)
+        self.latest.arrays["alert"][rows[alerting]] = False
+        resolved = {key: float(when) for (key, _), when, was in zip(known, at, alerting, strict=True) if was}
+        return self.tracker.resolve(resolved, reason, self.clock())
+
     def end(self, keys: Iterable[str]) -> None:
         """Mark series as ended (Prometheus's stale marker): no value, kept until they expire."""
         rows = [row for row in (self.engine.series.get(key) for key in keys) if row is not None]

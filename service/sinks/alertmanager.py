@@ -4,7 +4,9 @@ An alert's identity at Alertmanager is its label set, so labels hold only what
 never changes during an incident: ``alertname``, ``detector``, the group labels
 and, for a single-series incident, that series' labels.  Everything that moves
 (observed value, expected band, score, explanation, other series, links) is an
-annotation.  A firing alert ends ``lease`` seconds after the event; the
+annotation; so are ``resolution``, why a resolved incident resolved when it was
+not the ordinary return to the band, and ``late_by``, how late the data arrived
+when it was late.  A firing alert ends ``lease`` seconds after the event; the
 detector's periodic ``refreshed`` events push that end forward, and a resolved
 event sets it to the resolution time.  If the detector stops, Alertmanager
 resolves the alert itself when the lease runs out.
@@ -19,6 +21,7 @@ from service.sinks import (
     OutgoingRequest,
     RoutedSink,
     format_band,
+    format_duration,
     format_labels,
     format_number,
     format_rarity,
@@ -64,6 +67,16 @@ def alert_annotations(event: AlertEvent) -> dict[str, str]:
     >>> annotations = alert_annotations(example_event())
     >>> annotations["observed"], annotations["expected_band"], annotations["anomaly_score"]
     ('950', '[300, 500]', '0.999998')
+
+    ``resolution`` (why a resolved incident resolved, when not the ordinary
+    way) and ``late_by`` (how late the data arrived) appear only when set:
+
+    >>> late = alert_annotations(example_event(late_by=7500.0))
+    >>> late["late_by"], "resolution" in late
+    ('2h 5m', False)
+    >>> alert_annotations(example_event(status="resolved", change="resolved",
+    ...                                 resolution="accepted as the new normal after 2h"))["resolution"]
+    'accepted as the new normal after 2h'
     """
     top = event.top
     annotations = {
@@ -80,7 +93,10 @@ def alert_annotations(event: AlertEvent) -> dict[str, str]:
         "direction": top.direction,
         "since": rfc3339(top.started_at),
         "model": top.model + (" (warming up)" if top.warming else ""),
+        "resolution": event.resolution,
     }
+    if event.late_by > 0:
+        annotations["late_by"] = format_duration(event.late_by)
     if len(event.findings) > 1:
         lines = [
             f"{f.key}: observed {format_number(f.observed)}, expected {format_band(f)}, "

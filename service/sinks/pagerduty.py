@@ -3,6 +3,11 @@
 Opening and updating an incident both send ``trigger`` with the same
 ``dedup_key``; PagerDuty folds them into one alert.  ``resolve`` closes it.
 Refreshes are not sent: they would only repeat the latest trigger.
+
+A trigger's ``custom_details`` carry the whole explanation, plus ``late_by``
+(how late the data arrived, e.g. ``"2h 5m"``) when it was late.  A
+``resolve`` carries no payload (PagerDuty uses the payload of triggers only),
+so the reason a resolved incident resolved cannot reach PagerDuty this way.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from service.sinks import (
     PAGING_CHANGES,
     OutgoingRequest,
     RoutedSink,
+    format_duration,
     format_labels,
     json_bytes,
     rfc3339,
@@ -163,6 +169,8 @@ class PagerDutySink(RoutedSink):
                 "correlated": list(event.correlated),
             },
         }
+        if event.late_by > 0:
+            payload["custom_details"]["late_by"] = format_duration(event.late_by)
         component = top.labels.get("__name__")
         if component:
             payload["component"] = component

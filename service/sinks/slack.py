@@ -1,9 +1,10 @@
 """Slack: one readable message per opened, updated or resolved incident.
 
 A message says which series, what was seen against what was expected, how
-unusual that is, since when, and where to look; a resolved message says so and
-how long the incident lasted.  ``text`` is the plain fallback Slack shows in
-notifications.
+unusual that is, since when, and where to look; a resolved message says so,
+how long the incident lasted and, when it was not the ordinary return to the
+band, why it resolved.  An alert raised from late data says how late.
+``text`` is the plain fallback Slack shows in notifications.
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ def fallback_text(event: AlertEvent) -> str:
     >>> from service.sinks import example_event
     >>> fallback_text(example_event())
     '[FIRING] latency: api_latency_p99 on a is above its expected band — observed 950, expected [300, 500]'
+    >>> fallback_text(example_event(status="resolved", change="resolved", resolution="the series ended"))
+    '[RESOLVED] latency: api_latency_p99 on a is above its expected band — the series ended'
     """
     if event.status == "resolved":
-        return f"[RESOLVED] {escape(event.summary)}"
+        why = f" — {escape(event.resolution)}" if event.resolution else ""
+        return f"[RESOLVED] {escape(event.summary)}{why}"
     top = event.top
     observed = format_number(top.observed)
     return f"[FIRING] {escape(event.summary)} — observed {observed}, expected {format_band(top)}"
@@ -78,6 +82,9 @@ def blocks(event: AlertEvent) -> list[dict[str, Any]]:
     >>> from service.sinks import example_event
     >>> [block["type"] for block in blocks(example_event())]
     ['header', 'section', 'section', 'context', 'context']
+    >>> late = blocks(example_event(late_by=7500.0))
+    >>> [block["elements"][0]["text"] for block in late if block["type"] == "context"][0]
+    'The data arrived 2h 5m late.'
     """
     top = event.top
     resolved = event.status == "resolved"
@@ -93,8 +100,12 @@ def blocks(event: AlertEvent) -> list[dict[str, Any]]:
     ]
     if resolved:
         lasted = format_duration((event.resolved_at or event.updated_at) - event.opened_at)
+        why = f": {escape(event.resolution.rstrip('.'))}" if event.resolution else ""
         layout.append(
-            {"type": "section", "text": _mrkdwn(f"*Resolved* after {lasted}. {escape(event.description)}")}
+            {
+                "type": "section",
+                "text": _mrkdwn(f"*Resolved* after {lasted}{why}. {escape(event.description)}"),
+            }
         )
     elif event.description:
         layout.append({"type": "section", "text": _mrkdwn(escape(event.description))})
@@ -126,6 +137,9 @@ def blocks(event: AlertEvent) -> list[dict[str, Any]]:
             lines.append(f"… and {hidden} more")
         layout.append({"type": "section", "text": _mrkdwn("*Other series*\n" + "\n".join(lines))})
 
+    if event.late_by > 0:
+        late = f"The data arrived {format_duration(event.late_by)} late."
+        layout.append({"type": "context", "elements": [_mrkdwn(late)]})
     if top.warming:
         layout.append(
             {

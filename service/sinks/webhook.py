@@ -1,7 +1,11 @@
 """A generic webhook: the whole event as JSON, signed so the receiver can trust it.
 
-The body is ``{"delivery_id": ..., "event": AlertEvent.to_dict()}``.  Two headers
-come with it:
+The body is ``{"delivery_id": ..., "event": AlertEvent.to_dict()}``: every
+field of :class:`~detector.alerts.AlertEvent`, among them ``resolution`` (why a
+resolved incident resolved; ``""`` for the ordinary return to the band) and
+``late_by`` (seconds the onset data arrived late; ``0.0`` when on time).  A
+receiver should read a missing field as that default: older versions of the
+detector do not send them.  Two headers come with it:
 
 ``X-Delivery-Id``
     Stable across retries; a receiver that has seen it can answer 2xx and do nothing.
@@ -97,6 +101,9 @@ class WebhookSink(RoutedSink):
     >>> request = sink.request(example_event(), "latency-api-1/1/webhook")
     >>> json.loads(request.body)["delivery_id"], request.headers["X-Delivery-Id"]
     ('latency-api-1/1/webhook', 'latency-api-1/1/webhook')
+    >>> event = json.loads(request.body)["event"]
+    >>> event["status"], event["resolution"], event["late_by"]
+    ('firing', '', 0.0)
     >>> verify_signature("a-long-random-secret", request.headers["X-Signature"], request.body)
     True
     """

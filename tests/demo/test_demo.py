@@ -24,7 +24,7 @@ from service.replay_exporter import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The demo's own time box, and how long the test lets it take beyond that to stop.
-TIME_BOX = 240.0
+TIME_BOX = 300.0
 STOP_GRACE = 40.0
 
 
@@ -90,6 +90,7 @@ def test_every_replayed_incident_alerts_in_alertmanager(tmp_path: Path) -> None:
         incident = record["incidents"][scenario.name]
         assert incident["false_alerts"] == [], f"{scenario.name}: alerted before its incident:\n{output}"
         assert incident["alerts"], f"{scenario.name}: no alert:\n{output}"
+        assert incident["resolved_early"] == [], f"{scenario.name}: resolved during the incident:\n{output}"
         alert = incident["alerts"][0]
         labels = alert["labels"]
         assert labels["alertname"] == "AnomalyDetected"

@@ -1,4 +1,4 @@
-"""Event-level evaluation against NAB-style labelled windows."""
+"""Event-level evaluation against NAB-style labelled windows, and incident coverage."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from detector.backtest import SeriesResult
 from detector.evaluation import (
     LabelsError,
     combine,
+    cover,
+    cover_series,
     evaluate,
     evaluate_series,
     load_labels,
@@ -20,6 +22,7 @@ from detector.evaluation import (
 from detector.recorded import parse_timestamp, read_recording
 
 START = "2026-03-02 00:00:00"
+REPLAY_DATA = Path(__file__).resolve().parents[2] / "replay_data"
 
 
 def _result(tmp_path: Path, name: str, rows: int, alert_rows: list[int]) -> SeriesResult:
@@ -156,3 +159,62 @@ def test_invalid_json_names_line(tmp_path: Path) -> None:
 def test_missing_labels_file(tmp_path: Path) -> None:
     with pytest.raises(LabelsError, match=r"absent\.json: cannot read the labels"):
         load_labels(tmp_path / "absent.json")
+
+
+def test_coverage_of_an_incident(tmp_path: Path) -> None:
+    # Incident over minutes 100-119 (20 rows); alerts at 105-109 and 112-119.
+    result = _result(tmp_path, "s.csv", 200, [*range(105, 110), *range(112, 120)])
+    [incident] = cover_series(result, [(_minute(100), _minute(119))])
+    assert incident.series == "s.csv" and incident.incident == (_minute(100), _minute(119))
+    assert incident.coverage == pytest.approx(13 / 20)
+    assert incident.onsets == 2
+    assert incident.minutes_to_first_alert == 5.0
+    assert incident.firing_at_end
+
+
+def test_alert_firing_into_an_incident_covers_it_without_an_onset(tmp_path: Path) -> None:
+    result = _result(tmp_path, "s.csv", 200, list(range(90, 105)))
+    [incident] = cover_series(result, [(_minute(100), _minute(119))])
+    assert incident.coverage == pytest.approx(5 / 20)
+    assert incident.onsets == 0  # the alert opened at 90, before the incident
+    assert incident.minutes_to_first_alert == 0.0
+    assert not incident.firing_at_end
+
+
+def test_incident_ends_are_inclusive(tmp_path: Path) -> None:
+    result = _result(tmp_path, "s.csv", 200, [99, 119, 120])
+    [incident] = cover_series(result, [(_minute(100), _minute(119))])
+    assert incident.coverage == pytest.approx(1 / 20)
+    assert (incident.onsets, incident.minutes_to_first_alert, incident.firing_at_end) == (1, 19.0, True)
+
+
+def test_missed_incident_and_incident_outside_the_recording(tmp_path: Path) -> None:
+    result = _result(tmp_path, "s.csv", 200, [50])
+    missed, outside = cover_series(result, [(_minute(100), _minute(119)), (_minute(500), _minute(510))])
+    assert (missed.coverage, missed.onsets, missed.firing_at_end) == (0.0, 0, False)
+    assert math.isnan(missed.minutes_to_first_alert)
+    assert math.isnan(outside.coverage) and math.isnan(outside.minutes_to_first_alert)
+    assert (outside.onsets, outside.firing_at_end) == (0, False)
+
+
+def test_cover_follows_the_results_and_ignores_unknown_series(tmp_path: Path) -> None:
+    a = _result(tmp_path, "a.csv", 100, [10])
+    b = _result(tmp_path, "dir/b.csv", 100, [])
+    c = _result(tmp_path, "c.csv", 100, [60, 61])
+    incidents = {
+        "c.csv": [(_minute(60), _minute(61)), (_minute(0), _minute(9))],
+        "a.csv": [(_minute(10), _minute(19))],
+        "elsewhere.csv": [(_minute(0), _minute(1))],
+    }
+    covered = cover([a, b, c], incidents)
+    assert [(row.series, row.coverage) for row in covered] == [("a.csv", 0.1), ("c.csv", 1.0), ("c.csv", 0.0)]
+
+
+def test_replay_data_incidents_lie_inside_their_labelled_windows() -> None:
+    labels = load_labels(REPLAY_DATA / "labels.json")
+    incidents = load_labels(REPLAY_DATA / "incidents.json")
+    assert incidents.keys() == labels.keys()
+    for name, spans in incidents.items():
+        assert len(spans) == len(labels[name]), name
+        for (start, end), (label_start, label_end) in zip(spans, labels[name], strict=True):
+            assert label_start < start <= end <= label_end, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -134,3 +135,51 @@ def test_description_of_a_resolved_warming_alert() -> None:
     assert "Started 2023-11-14T22:13:20Z, resolved 2023-11-14T22:23:20Z after 10 minutes." in text
     assert "Model auto, still warming up: the score is provisional." in text
     assert "(provisional: warming up)" in text
+
+
+def test_description_says_why_a_resolution_was_not_the_ordinary_one() -> None:
+    resolved = dataclasses.replace(EVENT, status="resolved", change="resolved", resolved_at=1700007200.0)
+    assert "resolved 2023-11-15T00:13:20Z after 2 hours." in describe(resolved)
+    accepted = dataclasses.replace(resolved, resolution="accepted as the new normal after 2h")
+    lines = describe(accepted).splitlines()
+    assert lines[3] == (
+        "Started 2023-11-14T22:13:20Z, resolved 2023-11-15T00:13:20Z after 2 hours: "
+        "accepted as the new normal after 2h."
+    )
+    ended = dataclasses.replace(resolved, resolution="the series ended.")  # one full stop, not two
+    assert describe(ended).splitlines()[3].endswith("after 2 hours: the series ended.")
+
+
+def test_late_data_is_said_in_the_description_and_marked_in_the_summary() -> None:
+    assert "arrived" not in describe(EVENT) and "late" not in summarize(EVENT)
+    late = dataclasses.replace(EVENT, late_by=7500.0)
+    lines = describe(late).splitlines()
+    assert lines[3:5] == [
+        "Started 2023-11-14T22:13:20Z, firing for 90 minutes.",
+        "The data arrived 2 hours late.",
+    ]
+    assert summarize(late) == summarize(EVENT) + " (late data)"
+
+
+def test_an_event_stored_before_resolution_and_lateness_existed_still_loads() -> None:
+    stored = dataclasses.replace(EVENT, status="resolved", change="resolved", resolved_at=1700003600.0)
+    old = {k: v for k, v in stored.to_dict().items() if k not in ("resolution", "late_by")}
+    loaded = AlertEvent.from_dict(old)
+    assert (loaded.resolution, loaded.late_by) == ("", 0.0)
+    assert loaded == stored
+    assert describe(loaded) == describe(stored)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"resolution": "accepted as the new normal after 2h"}, "is set on a firing event"),
+        ({"late_by": -1.0}, "late_by -1.0 is not a number of seconds >= 0"),
+        ({"late_by": float("nan")}, "late_by nan is not"),
+    ],
+)
+def test_a_resolution_on_a_firing_event_or_a_negative_lateness_is_refused(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(EVENT, **changes)

@@ -108,7 +108,7 @@ def test_autocorrelated_evidence_raises_the_alert_level_until_the_rate_holds() -
 
 
 def test_an_episode_opens_one_alert_however_long_it_lasts() -> None:
-    policy = _policy(1, resolve_after=2)
+    policy = _policy(1, resolve_after=2 * STEP)
     ids = np.array([0])
     onsets = [
         bool(policy.decide(ids, np.array([STEP * step]), np.array([1e-6])).onset[0]) for step in range(100)
@@ -152,10 +152,10 @@ def test_small_deviations_do_not_alert_however_improbable() -> None:
 
 
 def test_alert_remembers_since_when_and_its_most_extreme_point() -> None:
-    policy = _policy(1, resolve_after=2)
+    policy = _policy(1, resolve_after=3 * STEP)
     ids = np.array([0])
     seen = []
-    points = [(0.5, 1), (1e-6, 1), (1e-8, -1), (1e-5, 1), (1e-7, 1), (1e-9, 1), (0.9, 1), (0.9, 1)]
+    points = [(0.5, 1), (1e-6, 1), (1e-8, -1), (1e-5, 1), (1e-7, 1), (1e-9, 1), (0.9, 1), (0.9, 1), (0.9, 1)]
     for step, (p, sign) in enumerate(points):
         decision = policy.decide(ids, np.array([STEP * step]), np.array([p]), sign=np.array([sign]))
         seen.append((float(decision.since[0]), float(decision.lowest_p[0]), int(decision.alert_sign[0])))
@@ -260,7 +260,7 @@ def test_points_not_learned_teach_neither_model_nor_calibration() -> None:
 
 
 def test_silenced_points_are_scored_but_never_alert() -> None:
-    engine = _engine(resolve_after=2)
+    engine = _engine(resolve_after=2 * STEP)
     ids = _warm(engine, 2)
     silenced = np.array([True, False])
     spike = np.full(2, 200.0)

@@ -125,6 +125,55 @@ def test_labels_report_windows_detected(tmp_path: Path, capsys: pytest.CaptureFi
     assert (windows, detected) == ("1", "1")
 
 
+def _covered(path: Path, rows: range) -> list[str]:
+    """The coverage table's figures for an incident over ``rows``, from the result file's alert column."""
+    firing = [row["alert"] == "1" for row in _read(path)]
+    inside = firing[rows.start : rows.stop]
+    onsets = [i for i in rows if firing[i] and not firing[i - 1]]
+    first = f"{inside.index(True):.1f}" if any(inside) else "-"
+    coverage = f"{100 * sum(inside) / len(inside):.0f}"
+    return [coverage, str(len(onsets)), first, "yes" if inside[-1] else "no"]
+
+
+def test_incidents_report_coverage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _spiky(tmp_path / "in" / "spiky.csv")
+    spike, calm = SPIKE, range(300, 310)
+    windows = [
+        [_stamp(BASE + 60 * rows.start), _stamp(BASE + 60 * (rows.stop - 1))] for rows in (spike, calm)
+    ]
+    incidents = tmp_path / "incidents.json"
+    incidents.write_text(json.dumps({"spiky.csv": windows, "other.csv": windows}))
+    report = tmp_path / "report.html"
+    argv = ["backtest", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert main([*argv, "--incidents", str(incidents), "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "incidents      2 in 1 of 1 series" in out
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("incident coverage: "))
+    titles, *rows = (re.split(r"\s{2,}", line.strip()) for line in lines[at + 1 :])
+    assert titles == [
+        "series",
+        "incident",
+        "coverage %",
+        "onsets inside",
+        "minutes to first alert",
+        "firing at end",
+    ]
+    result = tmp_path / "out" / "spiky.csv"
+    assert rows == [
+        ["spiky.csv", f"{start} to {end}", *_covered(result, span)]
+        for (start, end), span in zip(windows, (spike, calm), strict=True)
+    ]
+    assert rows[0][2] != "0"  # the spike alerted
+    # The report has the same table.
+    table = re.search(r'<table id="coverage">(.*?)</table>', report.read_text(encoding="utf-8"), re.S)
+    assert table is not None
+    cells = [
+        re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", table.group(1), re.S)
+    ]
+    assert cells == [cell for row in rows for cell in row]
+
+
 def test_config_is_applied(tmp_path: Path) -> None:
     _spiky(tmp_path / "spiky.csv")
     config = tmp_path / "config.yaml"

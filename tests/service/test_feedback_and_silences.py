@@ -93,3 +93,26 @@ def test_silences_api_round_trip_and_survive_a_restart(tmp_path: Path) -> None:
         assert client.delete(f"/api/v1/silences/{rule_id}").status_code == 204
         assert client.get("/api/v1/silences").json() == []
         assert client.delete(f"/api/v1/silences/{rule_id}").status_code == 404
+
+
+def test_a_new_normal_is_adopted_and_resolves_the_alert_saying_so(alerted: tuple[TestClient, str]) -> None:
+    client, incident = alerted
+    reply = client.post(f"/api/v1/alerts/{incident}/feedback", json={"verdict": "new_normal"})
+    assert reply.status_code == 200, reply.text
+    [resolved] = [e for e in client.get("/api/v1/alerts").json()["events"] if e["change"] == "resolved"]
+    assert resolved["incident_id"] == incident
+    assert resolved["resolution"] == "accepted as the new normal by on-call feedback"
+    assert resolved["resolved_at"] == 1.7e9 + 309 * STEP  # the data's time, not the clock's
+    [series] = client.get("/api/v1/series").json()
+    assert series["alert"] is False
+    # The spike's level (~500) is now what the series is expected at, and it no longer alerts.
+    rng = np.random.default_rng(6)
+    for step in range(310, 320):
+        body = write_request([KEY], np.array([1.7e9 + step * STEP]), np.array([500.0 + rng.normal(0, 5)]))
+        assert client.post("/api/v1/write", content=body, headers=HEADERS).status_code == 204
+    [series] = client.get("/api/v1/series").json()
+    assert abs(series["expected"] - 500.0) < 20.0 and series["alert"] is False, series
+    changes = [
+        e["change"] for e in client.get("/api/v1/alerts").json()["events"] if e["incident_id"] != incident
+    ]
+    assert "opened" not in changes[:1], changes

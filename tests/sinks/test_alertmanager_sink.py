@@ -99,6 +99,22 @@ def test_firing_ends_a_lease_after_the_event_and_resolution_ends_at_resolution()
     assert resolved["labels"] == firing["labels"]
 
 
+def test_resolution_and_lateness_are_annotations_only_when_set() -> None:
+    event = example_event()
+    resolved = replace(event, status="resolved", change="resolved", resolved_at=event.updated_at + 30)
+    plain = _alert(resolved)["annotations"]
+    assert "resolution" not in plain and "late_by" not in plain
+    annotations = _alert(replace(resolved, resolution="accepted as the new normal after 2h", late_by=7500.0))[
+        "annotations"
+    ]
+    assert annotations == {
+        **plain,
+        "resolution": "accepted as the new normal after 2h",
+        "late_by": "2h 5m",
+    }
+    assert _alert(replace(event, late_by=45.0))["annotations"]["late_by"] == "45s"
+
+
 def test_no_graph_link_means_no_generator_url() -> None:
     assert "generatorURL" not in _alert(example_event(links={}))
 
@@ -171,6 +187,7 @@ def test_real_alertmanager_notifies_firing_then_resolved(
             sequence=2,
             resolved_at=time.time(),
             updated_at=time.time(),
+            resolution="accepted as the new normal after 2h",
         )
         outbox.enqueue(resolved)
         assert outbox.deliver_due().delivered == 1
@@ -180,6 +197,7 @@ def test_real_alertmanager_notifies_firing_then_resolved(
         assert alert["status"] == "resolved"
         assert alert["labels"]["instance"] == "a"
         assert alert["annotations"]["incident_id"] == opened.incident_id
+        assert alert["annotations"]["resolution"] == "accepted as the new normal after 2h"
 
 
 def test_real_alertmanager_refresh_extends_the_lease(

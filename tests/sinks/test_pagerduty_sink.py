@@ -148,3 +148,25 @@ def test_source_without_an_instance_is_the_series_or_group() -> None:
     several = example_event(findings=(top, replace(top, key='up{job="api",x="1"}')))
     assert json.loads(PagerDutySink(KEY).request(single, "d").body)["payload"]["source"] == 'up{job="api"}'
     assert json.loads(PagerDutySink(KEY).request(several, "d").body)["payload"]["source"] == '{job="api"}'
+
+
+def test_late_data_is_a_custom_detail_only_when_late_and_a_resolve_stays_bare() -> None:
+    sink = PagerDutySink(KEY)
+    on_time = json.loads(sink.request(_event(), "d").body)["payload"]["custom_details"]
+    assert "late_by" not in on_time
+    late = json.loads(sink.request(replace(_event(), late_by=7500.0), "d").body)["payload"]["custom_details"]
+    assert late == {**on_time, "late_by": "2h 5m"}
+    # PagerDuty reads the payload of triggers only: a resolve has nothing to carry the reason in.
+    resolved = replace(
+        _event(),
+        status="resolved",
+        change="resolved",
+        resolved_at=1_800_000_300.0,
+        resolution="accepted as the new normal by feedback from alice",
+        late_by=7500.0,
+    )
+    assert json.loads(sink.request(resolved, "d").body) == {
+        "routing_key": KEY,
+        "event_action": "resolve",
+        "dedup_key": "latency-api-7",
+    }

@@ -145,3 +145,28 @@ def test_control_characters_are_escaped_and_the_header_fits() -> None:
     message = json.loads(SlackSink("https://hooks.slack.com/x").request(event, "d").body)
     assert message["text"].startswith("[FIRING] &lt;!channel&gt; ")
     assert len(message["blocks"][0]["text"]["text"]) == 150
+
+
+def test_a_resolution_reason_and_late_data_are_said_only_when_set() -> None:
+    sink = SlackSink("https://hooks.slack.com/x")
+    resolved = replace(_event(), status="resolved", change="resolved", resolved_at=T0 + 810.0)
+    plain = json.loads(sink.request(resolved, "d").body)
+    assert plain["text"] == f"[RESOLVED] {SUMMARY}"
+    assert plain["blocks"][1]["text"]["text"].startswith("*Resolved* after 12m 30s. p99")
+    assert "arrived" not in json.dumps(plain)
+
+    why = "accepted as the new normal by feedback from <alice>"
+    message = json.loads(sink.request(replace(resolved, resolution=why, late_by=7500.0), "d").body)
+    assert (
+        message["text"] == f"[RESOLVED] {SUMMARY} — accepted as the new normal by feedback from &lt;alice&gt;"
+    )
+    assert message["blocks"][1]["text"]["text"] == (
+        "*Resolved* after 12m 30s: accepted as the new normal by feedback from &lt;alice&gt;. "
+        "p99 latency 950 ms against 300–500 ms &amp; rising."
+    )
+    late_note = {"type": "context", "elements": [{"type": "mrkdwn", "text": "The data arrived 2h 5m late."}]}
+    assert message["blocks"][3] == late_note
+    assert message["blocks"][4:] == plain["blocks"][3:]  # links and footer as before
+
+    firing = json.loads(sink.request(replace(_event(), late_by=7500.0), "d").body)
+    assert late_note in firing["blocks"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -43,6 +44,23 @@ def test_receiver_verifies_the_signature_and_reads_the_event(
     assert AlertEvent.from_dict(body["event"]) == event
     timestamp = int((request.header("X-Signature") or "").split(",")[0].removeprefix("t="))
     assert abs(timestamp - time.time()) < 60
+
+
+def test_the_event_carries_its_resolution_and_lateness(
+    receiver: Receiver, connection: sqlite3.Connection
+) -> None:
+    event = example_event(
+        status="resolved", change="resolved", resolution="accepted as the new normal after 2h", late_by=7500.0
+    )
+    sent = _delivered(receiver, connection, event).json()["event"]
+    assert (sent["resolution"], sent["late_by"]) == ("accepted as the new normal after 2h", 7500.0)
+    assert AlertEvent.from_dict(sent) == event
+
+
+def test_an_event_without_them_sends_the_defaults() -> None:
+    body = WebhookSink("http://127.0.0.1:1/", SECRET).request(example_event(), "d").body
+    sent = json.loads(body)["event"]
+    assert (sent["resolution"], sent["late_by"]) == ("", 0.0)
 
 
 def test_tampering_a_wrong_secret_or_an_old_request_fail(

@@ -90,6 +90,31 @@ def test_alert_events_are_listed_and_explained_on_their_series_page(
     assert "No alert for this series" in section(calm, "alert")
 
 
+def test_a_resolution_reason_and_late_data_are_shown_with_the_alert(
+    client: TestClient, fed: DetectorRuntime, source: FakeSource
+) -> None:
+    event = spike_event(fed)
+    source.events = [event]
+    assert "late" not in section(client.get("/").text, "alerts").replace("latency", "")
+    source.events = [
+        dataclasses.replace(
+            event,
+            status="resolved",
+            change="resolved",
+            resolved_at=event.updated_at,
+            resolution="accepted as the new normal after 2h",
+            late_by=7500.0,
+        )
+    ]
+    alerts = section(client.get("/").text, "alerts")
+    assert '<span class="muted resolution">resolved: accepted as the new normal after 2h</span>' in alerts
+    assert ">data 2h 5m late</span>" in alerts
+
+    latest = section(client.get(f"/series/{series_id('rw', demo_key(SPIKING))}").text, "alert")
+    assert ': <span class="resolution">accepted as the new normal after 2h</span>' in latest
+    assert '<span class="badge late">data 2h 5m late</span>' in latest
+
+
 def test_series_page_shows_labels_band_score_and_a_plot(client: TestClient, fed: DetectorRuntime) -> None:
     page = client.get(f"/series/{series_id('rw', demo_key(SPIKING))}")
     assert page.status_code == 200
