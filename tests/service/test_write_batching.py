@@ -160,3 +160,13 @@ def test_a_batch_takes_whole_requests_up_to_max_samples() -> None:
 
     asyncio.run(run())
     assert batches == [[2, 2], [2], [7], [1]]
+
+
+def test_samples_older_than_late_after_are_scored_and_counted_as_late(slow_batches: str) -> None:
+    now = time.time()
+    keys = ['late{job="api"}', 'fresh{job="api"}', 'late{job="api"}']
+    # Two samples of an hour ago (a backlog), one of now; the default late_after is 5 minutes.
+    body = write_request(keys, np.array([now - 3600.0, now, now - 3540.0]), np.array([1.0, 2.0, 3.0]))
+    assert httpx.post(f"{slow_batches}/api/v1/write", content=body, headers=HEADERS).status_code == 204
+    assert _metric(slow_batches, "anomaly_detector_samples_late_total", detector="rw") == 2
+    assert _series(slow_batches)['late{job="api"}']["value"] == 3.0  # scored, not dropped
