@@ -75,7 +75,7 @@ class AlertEvent:
     ``findings`` are ranked, most unusual first.
 
     ``resolution`` says, for a resolved event, why the incident resolved, as a
-    short sentence ("accepted as the new normal after 2h"); empty means the
+    short sentence ("accepted as the new normal after 2 hours"); empty means the
     ordinary reason, the series came back inside its expected band.
     ``late_by`` is how many seconds after its own time the onset sample
     reached the detector, when that exceeded the detector's ``late_after``;

@@ -185,17 +185,13 @@ class AlertingConfig(_Section):
                 "on the series itself (see detector/policy.py); remove them and set the budget "
                 "(false_alerts_per_week or false_alerts_per_day)"
             )
-        if "adopt_after" in data:
-            raise ValueError(
-                "adopt_after is gone: a shift is accepted as the new normal after accept_shift_after "
-                "(a duration, default 2h; 0 never accepts)"
-            )
         resolve_after = data.get("resolve_after")
         # A bare integer is how point counts were written (a parsed duration is a float).
         if isinstance(resolve_after, int) and not isinstance(resolve_after, bool) and resolve_after:
             raise ValueError(
                 f"resolve_after: {resolve_after} has no unit; it is a duration now (it used to count "
-                f"points): write e.g. {resolve_after}m for {resolve_after} points a minute apart"
+                f"points): write e.g. {resolve_after}m for {resolve_after} points a minute apart, "
+                f"or {resolve_after}s for seconds"
             )
         return data
 
@@ -340,8 +336,9 @@ def validate_settings(
     data: Any,
     source: str,
     lines: Callable[[tuple[Any, ...]], int | None] | None = None,
+    context: Mapping[str, Any] | None = None,
 ) -> SettingsT:
-    """``model.model_validate(data)`` with errors as one :class:`ConfigError`.
+    """``model.model_validate(data, context=context)`` with errors as one :class:`ConfigError`.
 
     Each error line names the source (and the YAML line of the key when
     ``lines`` can find it), the key path, what is wrong and what is allowed.
@@ -349,7 +346,7 @@ def validate_settings(
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of settings, got a {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as error:
         messages = []
         for problem in error.errors():
@@ -455,8 +452,13 @@ class YamlDocument:
         return line
 
     def validate(self, model: type[SettingsT]) -> SettingsT:
-        """The settings as ``model``; errors name this file, the line and the key."""
-        return validate_settings(model, self.data, self.source, self.line_of)
+        """The settings as ``model``; errors name this file, the line and the key.
+
+        Validators find the file's directory as ``directory`` in the validation
+        context: a relative path in the file is relative to it.
+        """
+        context = {"directory": Path(self.source).parent}
+        return validate_settings(model, self.data, self.source, self.line_of, context)
 
 
 def load_config(path: Path | str | None) -> DetectorConfig:

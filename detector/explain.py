@@ -215,11 +215,11 @@ def describe(event: AlertEvent) -> str:
     >>> import dataclasses
     >>> resolved = dataclasses.replace(
     ...     event, status="resolved", change="resolved", resolved_at=1700007200.0,
-    ...     resolution="accepted as the new normal after 2h", late_by=7500.0)
+    ...     resolution="accepted as the new normal after 2 hours", late_by=7500.0)
     >>> for line in describe(resolved).splitlines()[3:5]:
     ...     print(line)  # doctest: +NORMALIZE_WHITESPACE
     Started 2023-11-14T22:13:20Z, resolved 2023-11-15T00:13:20Z after 2 hours:
-      accepted as the new normal after 2h.
+      accepted as the new normal after 2 hours.
     The data arrived 2 hours late.
     """
     top = event.top

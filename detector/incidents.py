@@ -230,6 +230,10 @@ class IncidentTracker:
         """Keys of the series alerting in an open incident."""
         return list(self._firing)
 
+    def firing_members(self, incident_id: str) -> list[str]:
+        """Keys of the series still alerting in this incident."""
+        return [key for key, owner in self._firing.items() if owner == incident_id]
+
     @property
     def open_incidents(self) -> list[str]:
         """Ids of the incidents not yet resolved, oldest first."""
@@ -356,11 +360,14 @@ class IncidentTracker:
         """The open incident of this group that an alert opening at ``onset`` joins, if any."""
         # Within the window of the incident's span, so an onset equal to its opening
         # time (same id) always joins it, however late it is reported.
+        # And not one that had ended by then (resolved earlier in the same batch): what the
+        # incidents are must not depend on how the data was cut into requests.
         candidates = [
             incident
             for incident in self._incidents.values()
             if incident.group == group
             and incident.opened_at - self.group_window <= onset <= incident.last_arrival + self.group_window
+            and (incident.firing() or incident.resolved_at is None or onset < incident.resolved_at)
         ]
         return max(candidates, key=lambda incident: incident.last_arrival, default=None)
 

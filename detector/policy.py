@@ -65,19 +65,20 @@ series' units, ``min_relative_deviation`` as a fraction of the expected
 value): on a flat series a wiggle of 0.1% can be very improbable and still not
 worth a page.
 
-An alert lasts as long as the incident.  While it is open (and while one is
-building up) the engine freezes what the series is judged against: the model,
-the whitening forecast and the calibration learn nothing from the series, so
-an outage keeps looking like one however long it lasts, and the series is
-back when its points are back inside the band from before the onset.  The
-alert resolves once its points have added no evidence (p above 0.05, or a
-deviation that does not count) for ``resolve_after`` seconds, counted in the
-series' own samples (at least :data:`MIN_RESOLVE_POINTS`, so that one lucky
-point cannot end an outage): hysteresis, so it does not flap.  A new alert
+An alert lasts as long as the incident.  While it is open the engine freezes
+what the series is judged against: the model, the whitening forecast and the
+calibration learn nothing from the series, so an outage keeps looking like
+one however long it lasts, and the series is back when its points are
+ordinary again by the measure from before the onset.  The alert resolves once
+its points have added no evidence (p above 0.05, or a deviation that does not
+count) for ``resolve_after`` seconds, counted in the series' own samples, each
+standing for one sampling interval (at least :data:`MIN_RESOLVE_POINTS`, so
+that one lucky point cannot end an outage): hysteresis, so it does not flap.  A new alert
 cannot open for ``cooldown`` seconds after, so one incident is one alert.
 
 A shift that persists is accepted as the new normal after
-``accept_shift_after`` seconds of alerting (default 2 hours): the policy
+``accept_shift_after`` seconds of alerting (default 2 hours), on a point that
+still deviates (a series already coming back is not accepted): the policy
 resolves the alert with that reason (:attr:`AlertDecision.accepted`) and
 reports the shift's size (the recent mean of observed minus expected), which
 the engine adopts as the model's new level.  Why 2 hours: an outage must not
@@ -654,7 +655,7 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
             resolves = was_firing and run >= max(MIN_RESOLVE_POINTS, np.ceil(resolve_after / spacing - 1e-9))
             accepted = (
                 was_firing
-                and not resolves
+                and not calm
                 and accept_after > 0
                 and now - since_state[row] >= accept_after
                 and not hold[row]

@@ -34,10 +34,14 @@ class AutoModel:
     from about one day of points are noisy, which both hides real departures
     from the daily shape and makes the choice between flat and seasonal flap.
 
-    A level shift (``adopt_after`` points in a row beyond ``adopt_z`` on the same
-    side) is taken as the new normal: both forecasters move their level to
-    where the series now is.  A deploy that moves latency up 30% is flagged
-    once, then stops alerting.
+    A small level shift that the model is still allowed to learn from
+    (``adopt_after`` points in a row beyond ``adopt_z`` on the same side, each
+    with a positive learning weight) is taken as the new normal: both
+    forecasters move their level to where the series now is.  This is the
+    model's own bookkeeping, counted in the points it learns from; a shift
+    large enough to alert is not learned from while the alert is open, and is
+    adopted only when the alert policy accepts it (``accept_shift_after``, a
+    duration) or on-call does (:meth:`adopt`).
 
     Examples
     --------

@@ -3,14 +3,18 @@ accepted as a new normal only when the shift has persisted (or on-call says so).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from detector import Engine
+from detector.backtest import run_backtest
 from detector.config import build_engine, parse_config
 from detector.engine import ScoredBatch
+from detector.evaluation import cover_series, load_labels
 from detector.incidents import IncidentTracker, transition_points
+from detector.recorded import read_recording
 
 STEP = 60.0
 WARM = 3000
@@ -140,3 +144,59 @@ def test_an_alert_from_late_data_says_how_late() -> None:
         t + 3600.0, ["s"], {"s": {}}, np.array([t]), np.array([160.0]), spike[onset], "auto"
     )
     assert event.change == "opened" and event.late_by == 3600.0
+
+
+def _batch(alert: list[bool], decided: list[bool], p: list[float], since: list[float]) -> ScoredBatch:
+    n = len(alert)
+    flags = np.array(alert)
+    return ScoredBatch(
+        anomaly_score=1 - np.array(p), p_value=np.array(p), deviation=np.full(n, 5.0),
+        expected=np.full(n, 10.0), lower=np.full(n, 8.0), upper=np.full(n, 12.0),
+        warming=np.zeros(n, bool), alert=flags, onset=flags & np.isfinite(since) & (np.array(since) >= 0),
+        decided=np.array(decided), accepted=np.zeros(n, bool), since=np.array(since),
+        lowest_p=np.where(flags, p, np.nan), alert_sign=flags.astype(np.int8), interval=np.full(n, 60.0),
+    )  # fmt: skip
+
+
+def test_transition_points_keep_every_change_of_interleaved_series_and_skip_undecided_points() -> None:
+    ids = np.array([0, 1, 0, 1, 0, 1, 0])
+    scored = _batch(
+        alert=[False, True, True, True, False, False, False],
+        decided=[True, True, True, False, True, True, False],  # an undecided point changes nothing
+        p=[0.5, 1e-3, 1e-6, 0.9, 0.4, 0.6, 0.9],
+        since=[np.nan, -1.0, 120.0, -1.0, np.nan, np.nan, np.nan],
+    )
+    # Series 1 was already firing before the batch; series 0 was not.
+    chosen = transition_points(ids, scored, np.array([False, True]))
+    # 0 opens at 2 and resolves at 4 (its last decided point); 1 is extreme at 1 and resolves at 5.
+    assert chosen.tolist() == [1, 2, 4, 5]
+
+
+def test_the_incidents_do_not_depend_on_how_the_data_was_cut_into_requests() -> None:
+    keys, labels = ["a", "b"], {"a": {"job": "x"}, "b": {"job": "x"}}
+
+    def run(parts: list[list[int]]) -> list[tuple[str, float]]:
+        tracker = IncidentTracker("d", group_by=["job"], group_window=300.0, refresh_interval=1e9)
+        tracker.observe(
+            0.0, ["a"], labels, np.array([0.0]), np.array([9.0]), _batch([True], [True], [1e-6], [0.0]), "m"
+        )
+        # a resolves at 60, then b opens at 100: b's alert is a new incident, however the points arrive.
+        t, alert, since = np.array([60.0, 100.0]), [False, True], [np.nan, 100.0]
+        events = []
+        for part in parts:
+            index = np.array(part)
+            p = [0.5 if i == 0 else 1e-6 for i in part]
+            scored = _batch([alert[i] for i in part], [True] * len(part), p, [since[i] for i in part])
+            events += tracker.observe(200.0, [keys[i] for i in part], labels, t[index], t[index], scored, "m")
+        return [(e.change, e.opened_at) for e in events]
+
+    assert run([[0, 1]]) == run([[0], [1]]) == [("resolved", 0.0), ("opened", 100.0)]
+
+
+def test_the_replayed_web_traffic_outage_is_covered_from_onset_to_return() -> None:
+    root = Path(__file__).resolve().parents[2] / "replay_data"
+    name = "web_traffic/http_requests_per_second.csv"
+    [result] = run_backtest(_engine(), [read_recording(root / name, name)])
+    [incident] = cover_series(result, load_labels(root / "incidents.json")[name])
+    assert incident.coverage >= 0.9 and incident.onsets == 1 and incident.firing_at_end
+    assert result.alerts == 1

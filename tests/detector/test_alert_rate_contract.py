@@ -26,6 +26,8 @@ import pytest
 from benchmarks.fleet_data import KINDS, kind_series
 from detector.config import build_engine, parse_config
 
+pytestmark = pytest.mark.slow
+
 SERIES = 100
 DAYS = 16.0
 WARMUP_DAYS = 8.0

@@ -143,8 +143,6 @@ def test_point_counting_persistence_is_gone_with_a_hint(tmp_path: Path) -> None:
 def test_alert_durations_are_durations(tmp_path: Path) -> None:
     message = _error(tmp_path, "alerting: {resolve_after: 3}\n")
     assert "resolve_after: 3 has no unit; it is a duration now" in message and "3m" in message
-    message = _error(tmp_path, "alerting: {adopt_after: 12}\n")
-    assert "adopt_after is gone" in message and "accept_shift_after" in message
     config = load_config(_write(tmp_path, "alerting: {resolve_after: 90s, accept_shift_after: 1h}\n"))
     policy = build_engine(config).policy
     assert (policy.resolve_after, policy.accept_shift_after) == (90.0, 3600.0)
