@@ -36,7 +36,7 @@ def state_bytes_per_series(engine) -> float:
     per_series = [
         array
         for name, array in engine.state_dict().items()
-        if name != "engine.keys" and array.ndim and len(array) == len(engine.series)
+        if not name.startswith("engine.key") and array.ndim and len(array) == len(engine.series)
     ]
     return sum(a.nbytes for a in per_series) / len(engine.series)
 

@@ -90,6 +90,34 @@ def occurrence_rank(ids: np.ndarray) -> np.ndarray:
     return rank
 
 
+def _pack_keys(keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Keys as their UTF-8 bytes end to end, and where each ends.
+
+    Not a numpy string array: its width is the longest key's, for every key,
+    so one series with a long label value would make the checkpoint (and the
+    memory to build it) that long times the number of series.
+
+    >>> blob, ends = _pack_keys(["up{}", "", 'é{a="b"}'])
+    >>> ends.tolist(), _unpack_keys(blob, ends)
+    ([4, 4, 13], ['up{}', '', 'é{a="b"}'])
+    """
+    encoded = [key.encode("utf-8", "surrogatepass") for key in keys]
+    ends = np.cumsum([len(key) for key in encoded], dtype=np.int64)
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), ends
+
+
+def _unpack_keys(keys: np.ndarray, ends: np.ndarray | None) -> list[str]:
+    """Inverse of :func:`_pack_keys`; without ``ends``, a string array (checkpoints before it)."""
+    if ends is None:
+        return [str(key) for key in keys]
+    blob = np.asarray(keys, dtype=np.uint8).tobytes()
+    bounds = np.asarray(ends, dtype=np.int64).tolist()
+    return [
+        blob[start:end].decode("utf-8", "surrogatepass")
+        for start, end in zip([0, *bounds[:-1]], bounds, strict=True)
+    ]
+
+
 class SeriesTable:
     """Maps series keys (sorted label sets, file paths …) to dense row ids.
 
@@ -296,8 +324,10 @@ class Engine:
         >>> copy.series.keys, copy.register(["b"]).tolist()
         (['a', 'b'], [1])
         """
+        keys, key_ends = _pack_keys(self.series.keys)
         state = {
-            "engine.keys": np.array(self.series.keys, dtype=str),
+            "engine.keys": keys,
+            "engine.key_ends": key_ends,
             "engine.integer_valued": self.integer_valued.copy(),
         }
         for prefix, component in self._components().items():
@@ -309,7 +339,7 @@ class Engine:
         for prefix, component in self._components().items():
             start = len(prefix) + 1
             component.load_state_dict({k[start:]: v for k, v in state.items() if k.startswith(prefix + ".")})
-        self.series = SeriesTable([str(key) for key in state["engine.keys"]])
+        self.series = SeriesTable(_unpack_keys(state["engine.keys"], state.get("engine.key_ends")))
         self.integer_valued = np.asarray(state["engine.integer_valued"], dtype=bool).copy()
         self.policy.set_series_count(len(self.series.active()))
 

@@ -14,6 +14,11 @@ Routes::
     POST /api/v1/alerts/{incident_id}/feedback   {"verdict": "false_positive" | "incident" | "new_normal"}
     GET/POST /api/v1/silences, DELETE /api/v1/silences/{id}   silences and maintenance windows
 
+Every request passes :class:`service.access.AccessControl` first: with
+``basic_auth_users`` configured all need credentials; without, writes
+(anything but GET and HEAD) answer only on a loopback address.  Silences and
+feedback record who made them.
+
 The engine, store and loops are built in the lifespan handler and kept on
 ``app.state``; tests build the app with their own settings and reader.
 """
@@ -28,7 +33,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, replace
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -36,9 +43,10 @@ from pydantic import BaseModel, Field
 from detector.evaluation import Budget
 from detector.silences import Silence
 from service import web
+from service.access import Access, AccessControl, actor
 from service.detection import Detection, WriteFailed
 from service.prometheus import PrometheusReader
-from service.remote_write import RemoteWriteError, decode_write_request
+from service.remote_write import RemoteWriteError, decode_write_request, read_body
 from service.runtime import DetectorRuntime, SeriesState
 from service.settings import ServiceSettings, SilenceSettings
 from service.store import Store
@@ -52,6 +60,8 @@ def _detection(request: Request) -> Detection:
 
 
 DetectionDep = Annotated[Detection, Depends(_detection)]
+#: Who made the request: the basic-auth user, else ``anonymous@<client address>``.
+ActorDep = Annotated[str, Depends(actor)]
 
 
 def _finite(value: float) -> float | None:
@@ -61,6 +71,26 @@ def _finite(value: float) -> float | None:
 def _series_json(state: SeriesState) -> dict[str, Any]:
     data = asdict(state)
     return {name: _finite(value) if isinstance(value, float) else value for name, value in data.items()}
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with what JSON cannot carry as text: NaN and ±Infinity, bytes that are not UTF-8."""
+    if isinstance(value, float) and _finite(value) is None:
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
+    """422 with what was wrong, as FastAPI's own handler, which echoes the input: a body with NaN
+    (Python's JSON parser takes it) or bytes not in UTF-8 would make that echo a 500."""
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"detail": jsonable_encoder(_json_safe(error.errors()))}, status_code=422)
 
 
 class BudgetReply(BaseModel):
@@ -142,20 +172,30 @@ class FeedbackRequest(BaseModel):
 
 
 class SilenceRequest(SilenceSettings):
-    """A silence (or, with ``maintenance: true``, a maintenance window) made through the API."""
+    """A silence (or, with ``maintenance: true``, a maintenance window) made through the API.
 
-    created_by: str = "api"
+    It records who made it: the authenticated user (else ``anonymous@<address>``);
+    a ``created_by`` given in the request is kept beside that, as ``ana (via bot)``.
+    """
 
-    def rule(self) -> Silence:
-        return replace(super().rule(), created_by=self.created_by)
+    created_by: str | None = None
+
+    def made_by(self, by: str) -> Silence:
+        name = by if self.created_by in (None, "", by) else f"{self.created_by} (via {by})"
+        return replace(self.rule(), created_by=name)
 
 
 def create_app(
     settings: ServiceSettings,
     reader: PrometheusReader | None = None,
     clock: Callable[[], float] = time.time,
+    access: Access | None = None,
 ) -> FastAPI:
-    """The service as an ASGI app; starting it restores state and starts the loops."""
+    """The service as an ASGI app; starting it restores state and starts the loops.
+
+    ``access`` is who may read and write (:mod:`service.access`); the default,
+    no credentials on a loopback address, suits tests and local use.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -178,12 +218,21 @@ def create_app(
             log.info("state saved to %s", settings.store)
 
     app = FastAPI(title="incident-anomaly-detector", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(web.router)
+
+    def refused(reason: str) -> None:
+        detection: Detection | None = getattr(app.state, "detection", None)
+        if detection is not None:
+            detection.metrics.auth_failures.labels(reason).inc()
+
+    app.add_middleware(AccessControl, access=access or Access(), refused=refused)
 
     @app.post("/api/v1/write", status_code=204)
     async def remote_write(request: Request, detection: DetectionDep) -> Response:
-        body = await request.body()
         try:
+            limit = settings.remote_write.max_bytes
+            body = await read_body(request.stream(), request.headers.get("content-length"), limit)
             decoded = decode_write_request(
                 body,
                 request.headers.get("content-type"),
@@ -245,7 +294,9 @@ def create_app(
         raise HTTPException(404, f"no series {series_id!r}; list them at /api/v1/series")
 
     @app.get("/api/v1/alerts")
-    def alerts(detection: DetectionDep, limit: int = 100) -> dict[str, Any]:
+    def alerts(
+        detection: DetectionDep, limit: Annotated[int, Query(ge=0, le=10_000)] = 100
+    ) -> dict[str, Any]:
         deliveries = [
             {"sink": sink, "state": state, "count": count}
             for (sink, state), count in detection.outbox.stats().items()
@@ -253,9 +304,12 @@ def create_app(
         return {"events": [e.to_dict() for e in detection.recent_alerts(limit)], "deliveries": deliveries}
 
     @app.post("/api/v1/alerts/{incident_id}/feedback")
-    def feedback(incident_id: str, body: FeedbackRequest, detection: DetectionDep) -> dict[str, Any]:
+    async def feedback(
+        incident_id: str, body: FeedbackRequest, detection: DetectionDep, by: ActorDep
+    ) -> dict[str, Any]:
+        # On the event loop, like all engine work: a new normal moves models and alert state.
         try:
-            event = detection.feedback(incident_id, body.verdict)
+            event = detection.feedback(incident_id, body.verdict, by)
         except KeyError:
             raise HTTPException(404, f"no recent incident {incident_id!r}; see /api/v1/alerts") from None
         runtime = detection.runtimes[event.detector]
@@ -272,16 +326,19 @@ def create_app(
         return detection.silences.listing(clock())
 
     @app.post("/api/v1/silences", status_code=201)
-    def add_silence(body: SilenceRequest, detection: DetectionDep) -> dict[str, object]:
+    def add_silence(body: SilenceRequest, detection: DetectionDep, by: ActorDep) -> dict[str, object]:
         # The request model already built the rule once: a bad one is a 422 with the reason.
-        return {"id": detection.silences.add(body.rule()).id}
+        rule = detection.silences.add(body.made_by(by))
+        log.info("silence %s %s added by %s", rule.id, rule.describe_matchers(), rule.created_by)
+        return {"id": rule.id}
 
     @app.delete("/api/v1/silences/{rule_id}", status_code=204)
-    def delete_silence(rule_id: str, detection: DetectionDep) -> Response:
+    def delete_silence(rule_id: str, detection: DetectionDep, by: ActorDep) -> Response:
         if not detection.silences.remove(rule_id):
             raise HTTPException(
                 404, f"no API-made silence {rule_id!r} (config silences are edited in the file)"
             )
+        log.info("silence %s deleted by %s", rule_id, by)
         return Response(status_code=204)
 
     return app

@@ -147,6 +147,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    run.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        type=Path,
+        metavar="FILE",
+        help="TLS and basic auth, as Prometheus's web config file (overrides web_config_file:)",
+    )
+    run.add_argument(
+        "--web.unauthenticated-writes",
+        dest="unauthenticated_writes",
+        action="store_true",
+        help="serve remote_write, silences and feedback without credentials on a non-loopback "
+        "address (only where the network protects them)",
+    )
     run.set_defaults(run=_run)
 
     check = commands.add_parser("check-config", help="validate a service configuration without starting")
@@ -487,7 +501,7 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: the web stack is only needed by the live service, not by backtests.
     from service import serve
 
-    serve.run(args.config, args.host, args.port)
+    serve.run(args.config, args.host, args.port, args.web_config_file, args.unauthenticated_writes)
     return 0
 
 

@@ -63,6 +63,27 @@ def _flatten(series: list[RangeSeries]) -> tuple[list[str], np.ndarray, np.ndarr
     return [keys[i] for i in order], t[order], x[order]
 
 
+def _without_repeats(series: list[RangeSeries]) -> list[RangeSeries]:
+    """Each series without the points that repeat the value before them.
+
+    For a catch-up: while Prometheus itself is down nothing is scraped, yet a
+    range query over the outage answers every step with the last value scraped
+    before it (for up to the lookback delta, 5 minutes).  That is one sample seen
+    again, not data; replayed as live, a few hundred copies shrink the model's
+    scale until the first ordinary noise after the outage alerts.
+
+    >>> flat = RangeSeries({}, np.arange(5.0), np.array([1.0, 3.0, 3.0, 3.0, 2.0]))
+    >>> _without_repeats([flat])[0].x.tolist()
+    [1.0, 3.0, 2.0]
+    """
+    kept = []
+    for item in series:
+        new = np.ones(len(item), dtype=bool)
+        new[1:] = item.x[1:] != item.x[:-1]
+        kept.append(RangeSeries(item.labels, item.t[new], item.x[new]))
+    return kept
+
+
 class WriteFailed(RuntimeError):
     """Queued remote-write samples were not scored; the HTTP layer answers with :attr:`status`.
 
@@ -199,8 +220,9 @@ class Detection:
         self.settings = settings
         self.store = store
         self.clock = clock
+        prometheus = settings.prometheus
         self.reader = reader or PrometheusReader(
-            settings.prometheus.url, settings.prometheus.headers, settings.prometheus.timeout
+            prometheus.url, prometheus.headers, prometheus.timeout, http=prometheus
         )
         self.runtimes = {
             spec.name: DetectorRuntime(spec, clock, self._links_for(spec), settings.history_points)
@@ -255,8 +277,8 @@ class Detection:
         """The latest event of an incident still in memory."""
         return next((e for e in self._recent if e.incident_id == incident_id), None)
 
-    def feedback(self, incident_id: str, verdict: str) -> AlertEvent:
-        """Mark an incident a false positive, a real incident or a new normal.
+    def feedback(self, incident_id: str, verdict: str, by: str) -> AlertEvent:
+        """Mark an incident a false positive, a real incident or a new normal; ``by`` is who said so.
 
         See :meth:`Engine.mark_false_positive` and :meth:`Engine.mark_incident`.
         A confirmed incident also becomes a maintenance window over its series
@@ -268,8 +290,7 @@ class Detection:
             raise KeyError(incident_id)
         runtime = self.runtimes[event.detector]
         if verdict == "new_normal":
-            keys = [finding.key for finding in event.findings]
-            self.publish(runtime.accept_new_normal(keys, "accepted as the new normal by on-call feedback"))
+            self.publish(runtime.accept_new_normal(incident_id, f"accepted as the new normal by {by}"))
         for finding in event.findings:
             row = runtime.engine.series.get(finding.key)
             if row is None:
@@ -286,10 +307,10 @@ class Detection:
                     event.opened_at,
                     self.clock() + 3600.0,
                     comment=f"confirmed incident {incident_id}",
-                    created_by="feedback",
+                    created_by=by,
                 )
             )
-        self.store.record_feedback(incident_id, verdict, self.clock(), event.to_dict())
+        self.store.record_feedback(incident_id, verdict, self.clock(), event.to_dict(), by)
         return event
 
     @property
@@ -380,7 +401,7 @@ class Detection:
         query = runtime.spec.query
         assert query is not None
         series = await asyncio.to_thread(self.reader.range, query, start, end, runtime.spec.interval)
-        keys, t, x = _flatten(series)
+        keys, t, x = _flatten(_without_repeats(series) if live else series)
         keep = [
             i
             for i, key in enumerate(keys)
@@ -401,16 +422,30 @@ class Detection:
             )
 
     async def pull_loop(self, runtime: DetectorRuntime) -> None:
-        """Evaluate every ``interval`` forever; a failed query is logged, counted and retried."""
+        """Evaluate every ``interval`` forever; a failed query is logged, counted and retried.
+
+        While Prometheus is unreachable nothing is scored (a gap is no decision) and
+        ``anomaly_detector_source_up`` is 0; the first evaluation after it returns
+        replays the missed interval (see :meth:`evaluate`).
+        """
         while True:
             started = self.clock()
-            try:
-                await self.evaluate(runtime)
-            except PrometheusError as error:
-                self.metrics.source_errors.labels(runtime.name).inc()
-                log.warning("detector %s: %s", runtime.name, error)
+            await self.pull_once(runtime)
             delay = runtime.spec.interval - (self.clock() - started)
             await asyncio.sleep(max(delay, 0.0))
+
+    async def pull_once(self, runtime: DetectorRuntime) -> bool:
+        """One turn of :meth:`pull_loop`: evaluate, or log and count the failed query; True if it read."""
+        up = self.metrics.source_up.labels(runtime.name)
+        try:
+            await self.evaluate(runtime)
+        except PrometheusError as error:
+            up.set(0)
+            self.metrics.source_errors.labels(runtime.name).inc()
+            log.warning("detector %s: %s", runtime.name, error)
+            return False
+        up.set(1)
+        return True
 
     # --- push ------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
+from service.access import REASONS
 from service.runtime import DetectorRuntime
 
 _PER_SERIES = {
@@ -138,6 +139,12 @@ class SelfMetrics:
             ["detector"],
             registry=r,
         )
+        self.source_up = Gauge(
+            "anomaly_detector_source_up",
+            "1 if the pull detector's last evaluation read Prometheus, 0 if its query failed.",
+            ["detector"],
+            registry=r,
+        )
         self.write_batches = Histogram(
             "anomaly_detector_remote_write_batch_samples",
             "Samples per scoring batch of queued remote_write requests (remote_write.batch_samples).",
@@ -150,6 +157,14 @@ class SelfMetrics:
             ["detector", "change"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "anomaly_detector_http_auth_failures",
+            "HTTP requests refused: no or wrong credentials (401), or a write without them (403).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REASONS:  # at 0 from the start, so rate() sees the first one
+            self.auth_failures.labels(reason)
 
     def observe_series(self, runtimes: Iterable[DetectorRuntime]) -> None:
         for runtime in runtimes:

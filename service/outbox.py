@@ -74,6 +74,7 @@ from typing import Literal
 import httpx
 
 from detector.alerts import AlertEvent
+from service.http_config import describe_error, http_client
 from service.sinks import OutgoingRequest, Sink
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,9 @@ class Outbox:
     sinks
         The configured sinks, names unique.
     client
-        HTTP client for the requests; by default one owned and closed by the outbox.
+        HTTP client for every sink's requests; by default the outbox makes one
+        per sink, with that sink's credentials and TLS settings (its ``http``),
+        and closes them.
     clock
         Unix time, for due times and backoff.
     rng
@@ -278,7 +281,12 @@ class Outbox:
         self.lock = lock if lock is not None else threading.Lock()
         self._by_name = {sink.name: sink for sink in self.sinks}
         self._owns_client = client is None
-        self.client = client if client is not None else httpx.Client(headers={"User-Agent": USER_AGENT})
+        if client is None:
+            # One client per sink: credentials and TLS settings belong to a client, not a request.
+            agent = {"User-Agent": USER_AGENT}
+            self._clients = {sink.name: http_client(sink.http, headers=agent) for sink in self.sinks}
+        else:
+            self._clients = dict.fromkeys(self._by_name, client)
         # Held for a whole delivery pass, network included: one pass at a time.
         self._pass = threading.Lock()
         with self.lock, self.connection:
@@ -410,7 +418,7 @@ class Outbox:
 
     def _send(self, sink: Sink, request: OutgoingRequest) -> _Outcome:
         try:
-            response = self.client.request(
+            response = self._clients[sink.name].request(
                 request.method,
                 request.url,
                 headers=dict(request.headers),
@@ -419,9 +427,9 @@ class Outbox:
             )
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as error:
             # Sending the same request again cannot help; the configuration must change.
-            return _Outcome("failed", error=f"{type(error).__name__}: {error}")
+            return _Outcome("failed", error=describe_error(error))
         except httpx.TransportError as error:
-            return _Outcome("pending", error=f"{type(error).__name__}: {error}"[:_ERROR_TEXT])
+            return _Outcome("pending", error=describe_error(error)[:_ERROR_TEXT])
         status = response.status_code
         if 200 <= status < 300:
             return _Outcome("delivered", status=status)
@@ -580,13 +588,14 @@ class Outbox:
     # --- lifetime ----------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Wait for a running pass, then close the HTTP client if the outbox made it.
+        """Wait for a running pass, then close the HTTP clients the outbox made.
 
         The connection belongs to the caller and stays open.
         """
         with self._pass:
             if self._owns_client:
-                self.client.close()
+                for client in self._clients.values():
+                    client.close()
 
     def __enter__(self) -> Outbox:
         return self

@@ -2,19 +2,23 @@
 
 :class:`PrometheusReader` is the one way this project queries Prometheus (live
 pull, warm start, catch-up, backtest and export).  It is built on
-prometheus-api-client's ``PrometheusConnect`` and adds what the client lacks:
+prometheus-api-client's ``PrometheusConnect``, given a requests session with
+the credentials and TLS settings of the ``prometheus:`` section
+(:func:`service.http_config.requests_session`), and adds what the client lacks:
 
 * ranges of any length: Prometheus refuses more than 11,000 points per series
   in one query, so :meth:`PrometheusReader.range` asks for consecutive chunks
   on the same step grid and stitches them (chunks never share a timestamp);
 * Prometheus's own error text instead of an HTTP status and a byte dump;
+* two quick retries of a query that got no answer or a 502, 503 or 504 (a
+  caller that polls retries on its own schedule);
 * ``Accept-Encoding: identity``, which makes large range queries about 2.5×
   faster on a local network than the default gzip.
 
 Errors, so callers catch at the right level::
 
-    PrometheusError            anything that stopped a query
-    ├── PrometheusUnavailable  not reachable, timed out, or 5xx after retries: try again later
+    PrometheusError            anything that stopped a query (also: credentials refused, not Prometheus)
+    ├── PrometheusUnavailable  not reachable, TLS refused, timed out, or 5xx after retries: try again later
     └── QueryError             Prometheus rejected the query: fix the query
 
 Times are Unix seconds; :func:`parse_time` reads what people type (RFC3339,
@@ -31,12 +35,13 @@ from typing import Any
 
 import numpy as np
 import requests
-from prometheus_api_client import PrometheusConnect
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
 from detector.config import parse_duration
 from detector.labels import series_key
 from detector.recorded import parse_timestamp
+from service.http_config import HTTPClientConfig, requests_session, tls_problem
 
 #: Prometheus refuses range queries returning more points than this per series.
 MAX_POINTS_PER_QUERY = 11_000
@@ -131,10 +136,11 @@ def parse_time(text: str, now: float) -> float:
 class _ErrorReply(Exception):
     """An HTTP error reply, raised by the session's hook before the client sees it."""
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__(response.status_code)
+        self.status = response.status_code
+        self.status_line = f"HTTP {response.status_code} {response.reason}"
+        self.reason = _error_text(response)
 
 
 def _seconds(t: float) -> str:
@@ -163,9 +169,11 @@ class PrometheusReader:
     url
         Base URL of the Prometheus server (``http://localhost:9090``), without ``/api/v1``.
     headers
-        Extra HTTP headers, for example ``{"Authorization": "Bearer ..."}``.
+        Extra HTTP headers; credentials go in ``http``.
     timeout
         Seconds to wait for each HTTP reply.
+    http
+        ``basic_auth`` or ``authorization``, and ``tls_config``, as in Prometheus's ``http_config``.
 
     Examples
     --------
@@ -177,22 +185,32 @@ class PrometheusReader:
     ``reader.range("up", start, end, 60)`` one :class:`RangeSeries` per series.
     """
 
-    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+        http: HTTPClientConfig | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # Few, quick retries: a caller that polls retries on its own schedule.  Keep the last 5xx
+        # reply after them, so its error text reaches the caller.
+        retries = Retry(total=2, backoff_factor=0.5, status_forcelist=(502, 503, 504), raise_on_status=False)
+        session = requests_session(http or HTTPClientConfig(), retries=retries)
         # The client turns an error reply into "HTTP Status Code 400 (b'...')"; a response hook on
-        # our own session sees the reply first and keeps Prometheus's reason.
-        session = requests.Session()
+        # the session sees the reply first and keeps Prometheus's reason.
         session.hooks["response"].append(self._check)
         self._client = PrometheusConnect(
             url=self.url,
             headers={"Accept-Encoding": "identity", **(headers or {})},
-            # Few, quick retries: a caller that polls retries on its own schedule.  Keep the last
-            # 5xx reply after them, so its error text reaches the caller.
-            retry=Retry(total=2, backoff_factor=0.5, status_forcelist=(502, 503, 504), raise_on_status=False),
+            retry=retries,
             session=session,
             timeout=timeout,  # type: ignore[arg-type]  # the client's hint says int; requests takes float
         )
+        # The client mounts a plain adapter on its URL, which knows no tls_config server_name; the
+        # session's own (same retries) goes back over it.
+        session.mount(self.url, session.adapters["https://"])
 
     def __repr__(self) -> str:
         return f"PrometheusReader({self.url!r}, timeout={self.timeout})"
@@ -201,12 +219,17 @@ class PrometheusReader:
     def _check(response: requests.Response, *args: object, **kwargs: object) -> None:
         """The session's response hook: an error reply becomes :class:`_ErrorReply`."""
         if response.status_code >= 400:
-            raise _ErrorReply(response.status_code, _error_text(response))
+            raise _ErrorReply(response)
 
     def _call(self, query: str, method: str, **arguments: Any) -> Any:
         try:
             return getattr(self._client, method)(query, **arguments)
         except _ErrorReply as reply:
+            if reply.status in (401, 403):
+                raise PrometheusError(
+                    f"Prometheus at {self.url} refused the request ({reply.status_line}); "
+                    "set or correct basic_auth or authorization under prometheus: in the configuration"
+                ) from None
             if reply.status >= 500:
                 raise PrometheusUnavailable(
                     f"Prometheus at {self.url} failed the query {query!r}: {reply.reason}; "
@@ -221,13 +244,19 @@ class PrometheusReader:
                 "narrow the query or the time range, or raise the timeout"
             ) from None
         except requests.ConnectionError as error:
+            tls = tls_problem(error)
+            if tls is not None:
+                raise PrometheusUnavailable(f"Prometheus at {self.url}: {tls}") from None
             raise PrometheusUnavailable(
                 f"cannot reach Prometheus at {self.url} ({_connection_reason(error)}); "
                 "check the URL and that Prometheus is running"
             ) from None
-        except (requests.RequestException, KeyError, TypeError) as error:
+        except (requests.RequestException, PrometheusApiClientException, KeyError, TypeError) as error:
+            # The client reads data.result from a 200 reply; a page that is not Prometheus's JSON fails there.
+            parsing = isinstance(error, (requests.JSONDecodeError, KeyError, TypeError))
             raise PrometheusError(
-                f"{self.url} did not answer like a Prometheus server ({error}); "
+                f"{self.url} did not answer like a Prometheus server "
+                f"({'HTTP 200, no data.result in the reply' if parsing else error}); "
                 "give the base URL, such as http://localhost:9090"
             ) from None
 

@@ -4,7 +4,8 @@ Prometheus pushes snappy-compressed (block format) protobuf: remote write 1.0
 (``prometheus.WriteRequest``) or 2.0 (``io.prometheus.write.v2.Request``).
 :func:`decode_write_request` turns one request body into a :class:`DecodedWrite`
 (a series key per sample, and timestamp, value and stale-marker columns) ready for
-``engine.process(engine.register(decoded.keys), decoded.t, decoded.x)``.  A
+``engine.process(engine.register(decoded.keys), decoded.t, decoded.x)``, after
+:func:`read_body` has read the body no further than the size limit.  A
 :class:`RowCache` per detector remembers the engine row of each series the
 decoder's :class:`SeriesCache` knows, so steady-state requests map samples to
 rows with two numpy look-ups instead of a dict look-up per sample.
@@ -15,6 +16,10 @@ Errors
 
     ValueError
     └── RemoteWriteError    .status: 400 bad body · 413 too large · 415 unsupported type or encoding
+
+A series whose labels take more than :data:`MAX_SERIES_LABEL_CHARS` characters
+in all is a bad body: the service keeps every series' labels for as long as it
+watches it, in memory, in checkpoints and on ``/metrics``.
 
 How it stays fast
 -----------------
@@ -51,7 +56,7 @@ import operator
 import re
 import sys
 from collections import ChainMap
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, NamedTuple, cast
@@ -72,6 +77,10 @@ SUPPORTED_CONTENT_TYPES = (
     f"{MEDIA_TYPE} or {MEDIA_TYPE};proto={V1_MESSAGE} (remote write 1.0), "
     f"{MEDIA_TYPE};proto={V2_MESSAGE} (remote write 2.0)"
 )
+
+#: The labels of one series, names and values together, may take this many characters
+#: (a node-exporter series takes about 100; Mimir's default limit is 2,048 per value).
+MAX_SERIES_LABEL_CHARS = 16_384
 
 # series_key writes ``name{label="value",...}``; parse_series_key reads back only these.
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -472,6 +481,39 @@ def decode_write_request(
     )
 
 
+async def read_body(chunks: AsyncIterable[bytes], content_length: str | None, max_bytes: int) -> bytes:
+    """A request body as it arrives, refused (413) once it is past ``max_bytes`` rather than kept.
+
+    A Content-Length above the limit is refused before reading anything.  Give
+    it the same ``max_bytes`` as :func:`decode_write_request`: the limit holds
+    for the body as sent, so memory does too, whatever a client sends.
+
+    Examples
+    --------
+    >>> import asyncio
+    >>> async def chunks():
+    ...     for _ in range(3):
+    ...         yield b"1234"
+    >>> asyncio.run(read_body(chunks(), None, max_bytes=16))
+    b'123412341234'
+    >>> try:
+    ...     asyncio.run(read_body(chunks(), None, max_bytes=10))
+    ... except RemoteWriteError as error:
+    ...     print(error.status, str(error).split(";")[0])
+    413 body is more than 10 bytes, above the limit of 10
+    """
+    if content_length is not None and content_length.strip().isdigit() and int(content_length) > max_bytes:
+        raise _too_large(f"body is {int(content_length)} bytes", max_bytes)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(f"body is more than {max_bytes} bytes", max_bytes)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def _protocol(content_type: str | None) -> _Views:
     if content_type is None or not content_type.strip():
         return _V1
@@ -500,11 +542,7 @@ def _decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> by
             415,
         )
     if len(body) > max_bytes:
-        raise RemoteWriteError(
-            f"body is {len(body)} bytes, above the limit of {max_bytes}; "
-            "send fewer samples per request (Prometheus: queue_config.max_samples_per_send)",
-            413,
-        )
+        raise _too_large(f"body is {len(body)} bytes", max_bytes)
     if not body:
         raise RemoteWriteError("body is empty; expected a snappy-compressed protobuf write request")
     try:
@@ -512,15 +550,19 @@ def _decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> by
     except cramjam.DecompressionError as error:
         raise _not_snappy(body, error) from None
     if size > max_bytes:
-        raise RemoteWriteError(
-            f"body declares {size} bytes uncompressed, above the limit of {max_bytes}; "
-            "send fewer samples per request (Prometheus: queue_config.max_samples_per_send)",
-            413,
-        )
+        raise _too_large(f"body declares {size} bytes uncompressed", max_bytes)
     try:
         return bytes(cramjam.snappy.decompress_raw(body))
     except cramjam.DecompressionError as error:
         raise _not_snappy(body, error) from None
+
+
+def _too_large(what: str, max_bytes: int) -> RemoteWriteError:
+    return RemoteWriteError(
+        f"{what}, above the limit of {max_bytes}; "
+        "send fewer samples per request (Prometheus: queue_config.max_samples_per_send)",
+        413,
+    )
 
 
 def _not_snappy(body: bytes, error: Exception) -> RemoteWriteError:
@@ -611,8 +653,15 @@ def _checked_labels(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """The labels of a series, sorted by name; raises RemoteWriteError if they cannot be a series."""
 
     def series() -> str:
-        return "series {" + ", ".join(f"{name}={value!r}" for name, value in pairs)[:300] + "}"
+        return "series {" + ", ".join(f"{name}={value!r:.300}" for name, value in pairs)[:300] + "}"
 
+    size = sum(len(name) + len(value) for name, value in pairs)
+    if size > MAX_SERIES_LABEL_CHARS:
+        raise RemoteWriteError(
+            f"{series()}: its labels take {size:,} characters, above the limit of "
+            f"{MAX_SERIES_LABEL_CHARS:,}; drop or shorten long labels before they are sent "
+            "(Prometheus: write_relabel_configs with action: labeldrop)"
+        )
     labels: dict[str, str] = {}
     for name, value in pairs:
         if not name:
@@ -669,6 +718,7 @@ def _columns(views: _Views, raw: bytes, n_samples: int) -> tuple[np.ndarray, np.
 
 
 __all__ = [
+    "MAX_SERIES_LABEL_CHARS",
     "MEDIA_TYPE",
     "STALE_NAN_BITS",
     "SUPPORTED_CONTENT_TYPES",
@@ -679,4 +729,5 @@ __all__ = [
     "RowCache",
     "SeriesCache",
     "decode_write_request",
+    "read_body",
 ]

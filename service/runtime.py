@@ -249,11 +249,13 @@ class DetectorRuntime:
         arrays["seen"][rows] = self.clock()
         arrays["ended"][rows] = False
 
-    def accept_new_normal(self, keys: list[str], reason: str) -> list[AlertEvent]:
-        """Adopt these series' current level and resolve their alerts for ``reason``; returns the events.
+    def accept_new_normal(self, incident_id: str, reason: str) -> list[AlertEvent]:
+        """Adopt the current level of the incident's alerting series and resolve it for ``reason``.
 
-        The resolution is stamped with each series' latest sample time (the data's, not the clock's).
+        Returns the events.  The resolution is stamped with each series' latest
+        sample time (the data's, not the clock's).
         """
+        keys = self.tracker.firing_members(incident_id)
         known = [(key, row) for key in keys if (row := self.engine.series.get(key)) is not None]
         if not known:
             return []

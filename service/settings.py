@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from detector.config import DetectorConfig, Duration, YamlDocument
 from detector.silences import MaintenanceWindow, Matcher, Silence
+from service.http_config import HTTPClientConfig, http_url
 from service.sinks import SinkConfig
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_:.-]*$")
@@ -45,12 +46,32 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PrometheusSettings(_Section):
-    """Where the Prometheus HTTP API is, for pull detectors, warm starts and links."""
+class PrometheusSettings(HTTPClientConfig):
+    """Where the Prometheus HTTP API is, for pull detectors, warm starts and links, and how to reach it.
+
+    ``basic_auth``, ``authorization`` and ``tls_config`` are Prometheus's
+    ``http_config`` (:mod:`service.http_config`); ``headers`` are sent as they
+    are, so credentials go in ``authorization``, which keeps them secret.
+    """
 
     url: str = "http://127.0.0.1:9090"
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: Duration = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return http_url(value, "url")
+
+    @field_validator("headers")
+    @classmethod
+    def _no_credentials(cls, headers: dict[str, str]) -> dict[str, str]:
+        if any(name.lower() == "authorization" for name in headers):
+            raise ValueError(
+                "Authorization is not set in headers (it would be shown); "
+                "use authorization: {credentials_file: ...} or basic_auth: {username, password_file}"
+            )
+        return headers
 
 
 class DetectorSpec(DetectorConfig):
@@ -176,6 +197,16 @@ class ServiceSettings(_Section):
     silences: list[SilenceSettings] = Field(default_factory=list)
     history_points: Annotated[int, Field(ge=0)] = 240
     outbox_retention: Duration = 7 * 86400.0
+    #: TLS and basic auth, in Prometheus's web config format (service/web_config.py); empty: none.
+    web_config_file: Path | None = None
+    #: Serve writes without credentials on a non-loopback address (the network protects them).
+    unauthenticated_writes: bool = False
+
+    @field_validator("web_config_file", mode="before")
+    @classmethod
+    def _unset_web_config(cls, path: object) -> object:
+        """``web_config_file: ${WEB_CONFIG:-}`` means none while the variable is unset."""
+        return None if path == "" else path
 
     @field_validator("sinks", mode="before")
     @classmethod
@@ -185,8 +216,11 @@ class ServiceSettings(_Section):
             return sinks
 
         def unset(sink: object) -> bool:
+            if not isinstance(sink, dict):
+                return False
             keys = ("url", "webhook_url", "routing_key")
-            return isinstance(sink, dict) and any(key in sink and sink[key] in ("", None) for key in keys)
+            no_urls = isinstance(sink.get("urls"), list) and not any(sink["urls"])
+            return no_urls or any(key in sink and sink[key] in ("", None) for key in keys)
 
         return [sink for sink in sinks if not unset(sink)]
 
@@ -201,7 +235,8 @@ class ServiceSettings(_Section):
 
 
 def load_settings(path: Path) -> ServiceSettings:
-    """Read and validate a service configuration; a relative ``store`` is relative to the file.
+    """Read and validate a service configuration; relative ``store`` and ``web_config_file`` are
+    relative to the file.
 
     Raises :class:`detector.config.ConfigError` naming the file, line and key.
     """
@@ -209,4 +244,6 @@ def load_settings(path: Path) -> ServiceSettings:
     settings = document.validate(ServiceSettings)
     if not settings.store.is_absolute():
         settings.store = path.parent / settings.store
+    if settings.web_config_file is not None and not settings.web_config_file.is_absolute():
+        settings.web_config_file = path.parent / settings.web_config_file
     return settings

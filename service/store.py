@@ -75,8 +75,11 @@ class Store:
             )
             self.connection.execute(
                 "CREATE TABLE IF NOT EXISTS feedback (incident_id TEXT NOT NULL, verdict TEXT NOT NULL,"
-                " at REAL NOT NULL, event TEXT NOT NULL)"
+                " at REAL NOT NULL, event TEXT NOT NULL, made_by TEXT NOT NULL DEFAULT '')"
             )
+            columns = {row[1] for row in self.connection.execute("PRAGMA table_info(feedback)")}
+            if "made_by" not in columns:  # a store written before feedback recorded who gave it
+                self.connection.execute("ALTER TABLE feedback ADD COLUMN made_by TEXT NOT NULL DEFAULT ''")
         except (OSError, sqlite3.Error) as error:
             raise StoreError(
                 f"{path}: cannot open the state store ({error}); set `store:` to a writable file path"
@@ -108,11 +111,14 @@ class Store:
         fingerprint, saved_at, blob, extra = row
         return Checkpoint(detector, fingerprint, saved_at, _unpack(blob), json.loads(extra))
 
-    def record_feedback(self, incident_id: str, verdict: str, at: float, event: dict[str, Any]) -> None:
-        """Keep on-call's verdict on an alert (the audit trail of sensitivity changes)."""
+    def record_feedback(
+        self, incident_id: str, verdict: str, at: float, event: dict[str, Any], by: str
+    ) -> None:
+        """Keep on-call's verdict on an alert and who gave it (the audit trail of sensitivity changes)."""
         with self.lock:
             self.connection.execute(
-                "INSERT INTO feedback VALUES (?, ?, ?, ?)", (incident_id, verdict, at, json.dumps(event))
+                "INSERT INTO feedback (incident_id, verdict, at, event, made_by) VALUES (?, ?, ?, ?, ?)",
+                (incident_id, verdict, at, json.dumps(event), by),
             )
 
     def close(self) -> None:

@@ -18,8 +18,13 @@ Alertmanager.  Sinks that page people (Slack, PagerDuty) ignore ``refreshed``
 events, the periodic re-sends that keep Alertmanager's lease alive.
 
 Sinks are built from configuration: a list of mappings, each tagged by
-``type``.  Secrets are kept as :class:`pydantic.SecretStr`, so neither a
-configuration nor a sink prints them.
+``type``.  Each also takes Prometheus's ``http_config`` keys (``basic_auth``,
+``authorization``, ``tls_config``; see :mod:`service.http_config`), which the
+outbox's client for that sink uses.  Secrets are kept as
+:class:`pydantic.SecretStr`, so neither a configuration nor a sink prints
+them, and a secret left at a placeholder such as ``change-me`` is refused.
+An ``alertmanager`` sink with ``urls`` sends every alert to each of them, one
+sink per Alertmanager named ``<name>.1``, ``<name>.2`` …, each retried on its own.
 
 >>> sinks = build_sinks([
 ...     {"type": "alertmanager", "url": "http://127.0.0.1:9093"},
@@ -46,11 +51,20 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
-import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from detector.alerts import AlertEvent, Change, SeriesFinding
 from detector.config import ConfigError, Duration
+from service.http_config import HTTPClientConfig, check_secret, http_url
 
 #: Every kind of event; lease-based receivers need all of them.
 ALL_CHANGES: frozenset[Change] = frozenset({"opened", "updated", "refreshed", "resolved"})
@@ -58,6 +72,9 @@ ALL_CHANGES: frozenset[Change] = frozenset({"opened", "updated", "refreshed", "r
 PAGING_CHANGES: frozenset[Change] = frozenset({"opened", "updated", "resolved"})
 
 _SINK_NAME = r"^[A-Za-z0-9_.-]+$"
+#: What to do about an empty or placeholder webhook secret or PagerDuty key.
+_SECRET_ADVICE = "set a long random string and give the receiver the same one"
+_ROUTING_KEY_ADVICE = "use the service integration's 32-character key"
 
 
 @dataclass(frozen=True)
@@ -82,13 +99,15 @@ class Sink(Protocol):
     """A receiver of alert events, described by the request it expects.
 
     ``name`` is unique among the configured sinks and part of every delivery
-    id; ``timeout`` bounds one request in seconds.  :meth:`request` is called
-    again for every attempt, so a sink may put the send time in it (the
-    webhook's signature does).
+    id; ``timeout`` bounds one request in seconds; ``http`` holds the
+    credentials and TLS settings the outbox's client for this sink uses.
+    :meth:`request` is called again for every attempt, so a sink may put the
+    send time in it (the webhook's signature does).
     """
 
     name: str
     timeout: float
+    http: HTTPClientConfig
 
     def wants(self, event: AlertEvent) -> bool:
         """Whether this sink receives ``event`` (its labels and its kind of change)."""
@@ -151,7 +170,7 @@ class Route:
 
 
 class RoutedSink:
-    """What every sink shares: its name, its request timeout and the :class:`Route` it takes events by.
+    """What every sink shares: name, request timeout, :class:`Route` and ``http`` (credentials, TLS).
 
     Subclasses set ``changes`` (paging sinks skip ``refreshed``) and add ``request``.
 
@@ -164,11 +183,17 @@ class RoutedSink:
     changes: frozenset[Change] = ALL_CHANGES
 
     def __init__(
-        self, name: str, match: Mapping[str, str] | None, match_re: Mapping[str, str] | None, timeout: float
+        self,
+        name: str,
+        match: Mapping[str, str] | None,
+        match_re: Mapping[str, str] | None,
+        timeout: float,
+        http: HTTPClientConfig | None = None,
     ) -> None:
         self.name = name
         self.timeout = float(timeout)
         self.route = Route(match, match_re, self.changes)
+        self.http = http if http is not None else HTTPClientConfig()
 
     def wants(self, event: AlertEvent) -> bool:
         """Whether this sink takes the event (its change kind and labels)."""
@@ -320,18 +345,7 @@ def example_event(**changes: Any) -> AlertEvent:
 # --- configuration ---------------------------------------------------------------------------------
 
 
-def _http_url(value: str, what: str, *, quote: bool = True) -> str:
-    shown = f" {value!r}" if quote else ""
-    try:
-        url = httpx.URL(value)
-    except httpx.InvalidURL:
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"{what}{shown} is not an http(s) URL; use e.g. https://host:port/path")
-    return value
-
-
-class _SinkConfig(BaseModel):
+class _SinkConfig(HTTPClientConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     match: dict[str, str] = Field(default_factory=dict)
@@ -347,26 +361,56 @@ class _SinkConfig(BaseModel):
 
 
 class AlertmanagerConfig(_SinkConfig):
-    """An Alertmanager (API v2); ``lease`` is how long a firing alert lives without a refresh.
+    """An Alertmanager (API v2) or, with ``urls``, each of a cluster.
 
-    Keep ``lease`` at about three refresh intervals, so one lost refresh does
-    not resolve the alert.
+    ``lease`` is how long a firing alert lives without a refresh: keep it at
+    about three refresh intervals, so one lost refresh does not resolve the
+    alert.  Give ``url`` or ``urls``: like Prometheus, the detector sends every
+    alert to every Alertmanager of a cluster.
 
     Examples
     --------
     >>> AlertmanagerConfig(url="http://127.0.0.1:9093", lease="5m").lease
     300.0
+    >>> AlertmanagerConfig(urls=["http://am-1:9093", "http://am-2:9093"]).urls
+    ['http://am-1:9093', 'http://am-2:9093']
     """
 
     type: Literal["alertmanager"] = "alertmanager"
     name: Annotated[str, Field(pattern=_SINK_NAME)] = "alertmanager"
-    url: str
+    url: str | None = None
+    urls: list[str] = Field(default_factory=list)
     lease: Annotated[Duration, Field(gt=0)] = 300.0
 
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str) -> str:
-        return _http_url(value, "url")
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value, "url")
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _skip_unset(cls, values: object) -> object:
+        """An empty entry is off, as an empty ``url`` is: ``urls: [$AM_1, "${AM_2:-}"]``."""
+        return [value for value in values if value not in ("", None)] if isinstance(values, list) else values
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, values: list[str]) -> list[str]:
+        for index, value in enumerate(values):
+            http_url(value, f"urls[{index}]")
+            if value in values[:index]:
+                raise ValueError(f"urls[{index}]: {value!r} is listed twice; list each Alertmanager once")
+        return values
+
+    @model_validator(mode="after")
+    def _one_address(self) -> AlertmanagerConfig:
+        if (self.url is None) == (not self.urls):
+            raise ValueError("needs url (one Alertmanager) or urls (every one of a cluster), one of them")
+        return self
+
+    def addresses(self) -> list[str]:
+        """The base URL of each Alertmanager to send to."""
+        return [self.url] if self.url is not None else list(self.urls)
 
 
 class PagerDutyConfig(_SinkConfig):
@@ -388,14 +432,13 @@ class PagerDutyConfig(_SinkConfig):
     @field_validator("routing_key")
     @classmethod
     def _key_given(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("routing_key is empty; use the service integration's 32-character key")
+        check_secret(value.get_secret_value(), "routing_key", _ROUTING_KEY_ADVICE)
         return value
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _http_url(value, "url")
+        return http_url(value, "url")
 
 
 class SlackConfig(_SinkConfig):
@@ -415,7 +458,7 @@ class SlackConfig(_SinkConfig):
     @classmethod
     def _url(cls, value: SecretStr) -> SecretStr:
         # The URL is the secret: never quote it back.
-        _http_url(value.get_secret_value(), "webhook_url", quote=False)
+        http_url(value.get_secret_value(), "webhook_url", quote=False)
         return value
 
 
@@ -442,14 +485,13 @@ class WebhookConfig(_SinkConfig):
     @field_validator("secret")
     @classmethod
     def _secret_given(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("secret is empty; set a long random string and give the receiver the same one")
+        check_secret(value.get_secret_value(), "secret", _SECRET_ADVICE)
         return value
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _http_url(value, "url")
+        return http_url(value, "url")
 
 
 #: One sink's configuration, chosen by its ``type``.
@@ -477,9 +519,13 @@ def _describe(problem: Mapping[str, Any]) -> str:
     tag, *path = problem["loc"]  # The union tag (the sink type) is noise in a key path.
     key = ".".join(str(part) for part in path)
     if problem["type"] == "value_error":
-        return f"{key}: {problem['ctx']['error']}"
+        # A check of the whole sink (url or urls, basic_auth or authorization) has no key of its own.
+        return f"{key}: {problem['ctx']['error']}" if key else str(problem["ctx"]["error"])
     if problem["type"] == "extra_forbidden" and len(path) == 1:
-        allowed = ", ".join(_CONFIG_TYPES[str(tag)].model_fields)
+        # The sink's own keys first, then the http_config keys every sink takes.
+        fields = list(_CONFIG_TYPES[str(tag)].model_fields)
+        shared = list(HTTPClientConfig.model_fields)
+        allowed = ", ".join([name for name in fields if name not in shared] + shared)
         return f"{key}: unknown key; allowed: {allowed}"
     return f"{key}: {problem['msg']}"
 
@@ -508,32 +554,39 @@ def build_sinks(configs: Iterable[SinkConfig | Mapping[str, Any]]) -> list[Sink]
     seen: dict[str, int] = {}
     for index, raw in enumerate(configs):
         config = _parse(index, raw)
-        if config.name in seen:
-            raise ConfigError(
-                f"sinks[{index}]: name {config.name!r} is already used by sinks[{seen[config.name]}]; "
-                "give each sink its own name"
-            )
-        seen[config.name] = index
-        sinks.append(_build(config))
+        for sink in _build(config):
+            if sink.name in seen:
+                raise ConfigError(
+                    f"sinks[{index}]: name {sink.name!r} is already used by sinks[{seen[sink.name]}]; "
+                    "give each sink its own name"
+                )
+            seen[sink.name] = index
+            sinks.append(sink)
     return sinks
 
 
-def _build(config: SinkConfig) -> Sink:
+def _build(config: SinkConfig) -> list[Sink]:
     common: dict[str, Any] = {
         "name": config.name,
         "match": config.match,
         "match_re": config.match_re,
         "timeout": config.timeout,
+        "http": config,
     }
     if isinstance(config, AlertmanagerConfig):
-        return AlertmanagerSink(config.url, lease=config.lease, **common)
+        urls = config.addresses()
+        if len(urls) == 1:
+            return [AlertmanagerSink(urls[0], lease=config.lease, **common)]
+        return [
+            AlertmanagerSink(url, lease=config.lease, **{**common, "name": f"{config.name}.{number}"})
+            for number, url in enumerate(urls, start=1)
+        ]
     if isinstance(config, PagerDutyConfig):
-        return PagerDutySink(
-            config.routing_key.get_secret_value(), url=config.url, severity=config.severity, **common
-        )
+        key = config.routing_key.get_secret_value()
+        return [PagerDutySink(key, url=config.url, severity=config.severity, **common)]
     if isinstance(config, SlackConfig):
-        return SlackSink(config.webhook_url.get_secret_value(), **common)
-    return WebhookSink(config.url, config.secret.get_secret_value(), **common)
+        return [SlackSink(config.webhook_url.get_secret_value(), **common)]
+    return [WebhookSink(config.url, config.secret.get_secret_value(), **common)]
 
 
 # The sink modules import the protocol, Route and formatting helpers above, so they load last.

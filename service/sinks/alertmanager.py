@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from detector.alerts import AlertEvent
+from service.http_config import HTTPClientConfig
 from service.sinks import (
     OutgoingRequest,
     RoutedSink,
@@ -131,6 +132,8 @@ class AlertmanagerSink(RoutedSink):
         Label routing, see :class:`~service.sinks.Route`.
     timeout
         Seconds allowed for one request.
+    http
+        Credentials and TLS for the requests (Prometheus's ``http_config``).
 
     Examples
     --------
@@ -157,12 +160,13 @@ class AlertmanagerSink(RoutedSink):
         match: Mapping[str, str] | None = None,
         match_re: Mapping[str, str] | None = None,
         timeout: float = 10.0,
+        http: HTTPClientConfig | None = None,
     ) -> None:
         if lease <= 0:
             raise ValueError(f"lease {lease!r} must be positive; use about three refresh intervals")
         self.url = url
         self.lease = float(lease)
-        super().__init__(name, match, match_re, timeout)
+        super().__init__(name, match, match_re, timeout, http)
         self._endpoint = url.rstrip("/") + "/api/v2/alerts"
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from detector.alerts import AlertEvent
+from service.http_config import HTTPClientConfig, check_secret
 from service.sinks import (
+    _ROUTING_KEY_ADVICE,
     PAGING_CHANGES,
     OutgoingRequest,
     RoutedSink,
@@ -96,6 +98,8 @@ class PagerDutySink(RoutedSink):
         Label routing, see :class:`~service.sinks.Route`.
     timeout
         Seconds allowed for one request.
+    http
+        Credentials and TLS for the requests (Prometheus's ``http_config``).
 
     Examples
     --------
@@ -124,15 +128,15 @@ class PagerDutySink(RoutedSink):
         match: Mapping[str, str] | None = None,
         match_re: Mapping[str, str] | None = None,
         timeout: float = 10.0,
+        http: HTTPClientConfig | None = None,
     ) -> None:
-        if not routing_key.strip():
-            raise ValueError("routing_key is empty; use the service integration's 32-character key")
+        check_secret(routing_key, "routing_key", _ROUTING_KEY_ADVICE)
         if severity not in ("critical", "error", "warning", "info"):
             raise ValueError(f"severity {severity!r} is not one of critical, error, warning, info")
         self.routing_key = routing_key
         self.url = url
         self.severity = severity
-        super().__init__(name, match, match_re, timeout)
+        super().__init__(name, match, match_re, timeout, http)
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
         """A ``trigger`` for a firing event, a ``resolve`` for a resolved one."""

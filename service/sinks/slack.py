@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from detector.alerts import AlertEvent
+from service.http_config import HTTPClientConfig
 from service.sinks import (
     PAGING_CHANGES,
     OutgoingRequest,
@@ -82,9 +83,6 @@ def blocks(event: AlertEvent) -> list[dict[str, Any]]:
     >>> from service.sinks import example_event
     >>> [block["type"] for block in blocks(example_event())]
     ['header', 'section', 'section', 'context', 'context']
-    >>> late = blocks(example_event(late_by=7500.0))
-    >>> [block["elements"][0]["text"] for block in late if block["type"] == "context"][0]
-    'The data arrived 2h 5m late.'
     """
     top = event.top
     resolved = event.status == "resolved"
@@ -100,11 +98,11 @@ def blocks(event: AlertEvent) -> list[dict[str, Any]]:
     ]
     if resolved:
         lasted = format_duration((event.resolved_at or event.updated_at) - event.opened_at)
-        why = f": {escape(event.resolution.rstrip('.'))}" if event.resolution else ""
+        # The description says why it resolved (when not the ordinary way) and whether the data was late.
         layout.append(
             {
                 "type": "section",
-                "text": _mrkdwn(f"*Resolved* after {lasted}{why}. {escape(event.description)}"),
+                "text": _mrkdwn(f"*Resolved* after {lasted}. {escape(event.description)}"),
             }
         )
     elif event.description:
@@ -137,9 +135,6 @@ def blocks(event: AlertEvent) -> list[dict[str, Any]]:
             lines.append(f"… and {hidden} more")
         layout.append({"type": "section", "text": _mrkdwn("*Other series*\n" + "\n".join(lines))})
 
-    if event.late_by > 0:
-        late = f"The data arrived {format_duration(event.late_by)} late."
-        layout.append({"type": "context", "elements": [_mrkdwn(late)]})
     if top.warming:
         layout.append(
             {
@@ -172,6 +167,8 @@ class SlackSink(RoutedSink):
         Label routing, see :class:`~service.sinks.Route`.
     timeout
         Seconds allowed for one request.
+    http
+        Credentials and TLS for the requests (Prometheus's ``http_config``).
 
     Examples
     --------
@@ -197,9 +194,10 @@ class SlackSink(RoutedSink):
         match: Mapping[str, str] | None = None,
         match_re: Mapping[str, str] | None = None,
         timeout: float = 10.0,
+        http: HTTPClientConfig | None = None,
     ) -> None:
         self.webhook_url = webhook_url
-        super().__init__(name, match, match_re, timeout)
+        super().__init__(name, match, match_re, timeout, http)
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
         """The message as an incoming-webhook POST."""

@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
 from detector.alerts import AlertEvent
-from service.sinks import OutgoingRequest, RoutedSink, json_bytes
+from service.http_config import HTTPClientConfig, check_secret
+from service.sinks import _SECRET_ADVICE, OutgoingRequest, RoutedSink, json_bytes
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -83,13 +84,15 @@ class WebhookSink(RoutedSink):
     url
         Where to POST.
     secret
-        The HMAC key shared with the receiver (never printed); must not be empty.
+        The HMAC key shared with the receiver (never printed); not empty, not a placeholder.
     name
         Unique sink name; part of every delivery id.
     match, match_re
         Label routing, see :class:`~service.sinks.Route`.
     timeout
         Seconds allowed for one request.
+    http
+        Credentials and TLS for the requests (Prometheus's ``http_config``).
     clock
         Unix time for the signature; each attempt is signed when it is built.
 
@@ -118,13 +121,13 @@ class WebhookSink(RoutedSink):
         match_re: Mapping[str, str] | None = None,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        http: HTTPClientConfig | None = None,
     ) -> None:
-        if not secret.strip():
-            raise ValueError("secret is empty; set a long random string and give the receiver the same one")
+        check_secret(secret, "secret", _SECRET_ADVICE)
         self.url = url
         self.secret = secret
         self.clock = clock
-        super().__init__(name, match, match_re, timeout)
+        super().__init__(name, match, match_re, timeout, http)
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
         """The signed POST, signed now."""

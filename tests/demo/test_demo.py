@@ -22,6 +22,8 @@ import pytest
 from service.demo import DemoError, find_binaries
 from service.replay_exporter import SCENARIOS
 
+pytestmark = [pytest.mark.demo, pytest.mark.live]
+
 ROOT = Path(__file__).resolve().parents[2]
 #: The demo's own time box, and how long the test lets it take beyond that to stop.
 TIME_BOX = 300.0

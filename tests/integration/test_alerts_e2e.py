@@ -12,11 +12,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
+from tests.support import wait_until
 from tests.support.alertmanager import start_alertmanager
 from tests.support.net import Receiver
 from tests.support.remote_write import HEADERS, write_request
 from tests.support.service import ServiceProcess
+
+pytestmark = pytest.mark.live
 
 SERIES = [f'checkout_latency_ms{{instance="web-{i}",job="shop"}}' for i in range(10)]
 STEP = 60.0
@@ -35,14 +39,6 @@ def _alerts(receiver: Receiver, status: str) -> list[dict[str, object]]:
         for alert in request.json()["alerts"]
         if alert["status"] == status
     ]
-
-
-def _wait(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.3)
-    return result
 
 
 def test_ten_correlated_spikes_reach_alertmanager_as_one_explained_alert_then_resolve(tmp_path: Path) -> None:
@@ -80,10 +76,10 @@ def test_ten_correlated_spikes_reach_alertmanager_as_one_explained_alert_then_re
                 receiver.clear()
                 for step in range(300, 310):
                     _post(client, start + step * STEP, 400.0 + rng.normal(0, 5, len(SERIES)))
-                firing = _wait(lambda: _alerts(receiver, "firing"), 20, "the grouped alert")
+                firing = wait_until(lambda: _alerts(receiver, "firing"), 20, "the grouped alert")
                 for step in range(310, 325):
                     _post(client, start + step * STEP, 200.0 + rng.normal(0, 5, len(SERIES)))
-                resolved = _wait(lambda: _alerts(receiver, "resolved"), 30, "the resolution")
+                resolved = wait_until(lambda: _alerts(receiver, "resolved"), 30, "the resolution")
         finally:
             service.stop()
     assert len({json.dumps(a["labels"], sort_keys=True) for a in firing}) == 1, "one alert, not ten"

@@ -11,31 +11,23 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.support import wait_until
 from tests.support.exporter import NoisyExporter
 from tests.support.prometheus import PrometheusHandle, openmetrics, scrape_config, start_prometheus
 from tests.support.service import ServiceProcess
 
+pytestmark = pytest.mark.live
+
 METRIC = "demo_latency_ms"
 SERIES = 2
 HISTORY_SECONDS = 1200
-
-
-def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -89,7 +81,7 @@ def _metric_samples(service: ServiceProcess, name: str) -> list[tuple[str, float
 
 def _spike_is_caught(service: ServiceProcess, exporter: NoisyExporter) -> None:
     exporter.spike(60.0)  # 30 standard deviations
-    spiking = _wait(
+    spiking = wait_until(
         lambda: [
             s for s in _series(service) if s["anomaly_score"] is not None and s["anomaly_score"] >= 0.999
         ],
@@ -152,7 +144,7 @@ def test_remote_write_from_prometheus_catches_a_spike(tmp_path: Path, exporter: 
         )
         service = ServiceProcess(config, tmp_path / "service.log", port=service_port).start()
         try:
-            warm = _wait(
+            warm = wait_until(
                 lambda: [s for s in _series(service) if not s["warming"]],
                 timeout=120,
                 what="remote-written series to finish warming up",

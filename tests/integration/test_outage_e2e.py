@@ -19,10 +19,13 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.support import wait_until
 from tests.support.alertmanager import AlertmanagerHandle, start_alertmanager
 from tests.support.net import Receiver
 from tests.support.remote_write import HEADERS, write_request
 from tests.support.service import ServiceProcess
+
+pytestmark = pytest.mark.live
 
 STEP = 15.0
 NORMAL, OUTAGE = 0.20, 1.4
@@ -69,14 +72,6 @@ class Stack:
             rf'^alertmanager_alerts_received_total{{[^}}]*status="{status}"[^}}]*}} (\S+)$', re.M
         )
         return sum(float(value) for value in pattern.findall(text))
-
-
-def _wait(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.2)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +123,7 @@ def test_an_outage_sent_sample_by_sample_stays_active_until_the_series_returns(s
     assert not [e for e in stack.events("one-by-one") if e["change"] == "resolved"], (
         "resolved during the outage"
     )
-    active = _wait(
+    active = wait_until(
         lambda: [a for a in stack.alertmanager.alerts() if a["labels"].get("job") == "one-by-one"],
         20,
         "the alert at Alertmanager",
@@ -139,7 +134,9 @@ def test_an_outage_sent_sample_by_sample_stays_active_until_the_series_returns(s
     values = _values(rng, RETURN_POINTS, NORMAL)
     for k in range(RETURN_POINTS):
         stack.post("one-by-one", np.array([back + STEP * k]), values[k : k + 1])
-    [resolved] = _wait(lambda: stack.received("one-by-one", "resolved"), 30, "the resolution at the webhook")
+    [resolved] = wait_until(
+        lambda: stack.received("one-by-one", "resolved"), 30, "the resolution at the webhook"
+    )
     ends = np.datetime64(resolved["endsAt"].replace("Z", "")).astype("datetime64[ms]").astype(float) / 1000
     assert back < ends <= back + 120.0, (back, ends)
     assert len(stack.received("one-by-one", "firing")) >= 1
@@ -165,7 +162,7 @@ def test_an_outage_in_one_request_arrives_as_one_incident_that_fired_and_resolve
     assert outage_start <= opened["opened_at"] <= outage_start + 3 * STEP
     assert back < resolved["resolved_at"] <= back + 120.0
     # Alertmanager got the alert firing, then resolved: one incident, nothing lost.
-    _wait(
+    wait_until(
         lambda: stack.alertmanager_received("resolved") == resolved_before + 1,
         30,
         "the resolution at Alertmanager",

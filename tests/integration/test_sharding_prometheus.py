@@ -6,9 +6,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.sharding import hashmod
 from tests.support.prometheus import scrape_config, start_prometheus
+
+pytestmark = pytest.mark.live
 
 TARGETS = [
     f"127.0.0.{1 + i // 40}:{1000 + i}" for i in range(60)

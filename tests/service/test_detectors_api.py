@@ -25,6 +25,8 @@ def _settings(tmp_path: Path) -> ServiceSettings:
     return ServiceSettings.model_validate(
         {
             "store": str(tmp_path / "state.db"),
+            # The tests send one request at a time: waiting for more to batch with would only cost time.
+            "remote_write": {"batch_wait": 0},
             "detectors": [
                 {
                     "name": "shop",

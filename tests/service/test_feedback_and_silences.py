@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import ServiceSettings
+from service.store import Store
 from tests.support.remote_write import HEADERS, write_request
 
 KEY = 'checkout_latency_ms{instance="web-1",job="shop"}'
@@ -21,6 +23,8 @@ def _settings(tmp_path: Path) -> ServiceSettings:
     return ServiceSettings.model_validate(
         {
             "store": str(tmp_path / "state.db"),
+            # The tests send one request at a time: waiting for more to batch with would only cost time.
+            "remote_write": {"batch_wait": 0},
             "detectors": [
                 {
                     "name": "rw",
@@ -67,6 +71,7 @@ def test_a_confirmed_incident_is_kept_out_of_learning(alerted: tuple[TestClient,
     assert client.post(f"/api/v1/alerts/{incident}/feedback", json={"verdict": "incident"}).status_code == 200
     [rule] = client.get("/api/v1/silences").json()
     assert rule["maintenance"] is True and incident in rule["comment"]
+    assert rule["created_by"] == "anonymous@testclient"  # who confirmed it
 
 
 def test_feedback_errors(alerted: tuple[TestClient, str]) -> None:
@@ -86,6 +91,8 @@ def test_silences_api_round_trip_and_survive_a_restart(tmp_path: Path) -> None:
         created = client.post("/api/v1/silences", json=silence)
         assert created.status_code == 201, created.text
         rule_id = created.json()["id"]
+        [listed] = client.get("/api/v1/silences").json()
+        assert listed["created_by"] == "anonymous@testclient"
         bad = client.post("/api/v1/silences", json={**silence, "matchers": ['job=~".*"']})
         assert bad.status_code == 422 and "matches every series" in bad.text
     with TestClient(create_app(_settings(tmp_path))) as client:
@@ -101,7 +108,7 @@ def test_a_new_normal_is_adopted_and_resolves_the_alert_saying_so(alerted: tuple
     assert reply.status_code == 200, reply.text
     [resolved] = [e for e in client.get("/api/v1/alerts").json()["events"] if e["change"] == "resolved"]
     assert resolved["incident_id"] == incident
-    assert resolved["resolution"] == "accepted as the new normal by on-call feedback"
+    assert resolved["resolution"] == "accepted as the new normal by anonymous@testclient"
     assert resolved["resolved_at"] == 1.7e9 + 309 * STEP  # the data's time, not the clock's
     [series] = client.get("/api/v1/series").json()
     assert series["alert"] is False
@@ -116,3 +123,19 @@ def test_a_new_normal_is_adopted_and_resolves_the_alert_saying_so(alerted: tuple
         e["change"] for e in client.get("/api/v1/alerts").json()["events"] if e["incident_id"] != incident
     ]
     assert "opened" not in changes[:1], changes
+
+
+def test_feedback_records_who_gave_it_also_in_a_store_from_before(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as old:  # the table as it was before feedback named its author
+        old.execute(
+            "CREATE TABLE feedback (incident_id TEXT NOT NULL, verdict TEXT NOT NULL,"
+            " at REAL NOT NULL, event TEXT NOT NULL)"
+        )
+        old.execute("INSERT INTO feedback VALUES ('i0', 'incident', 1.0, '{}')")
+    old.close()
+    store = Store(path)
+    store.record_feedback("i1", "false_positive", 2.0, {}, "ana")
+    rows = store.connection.execute("SELECT incident_id, made_by FROM feedback ORDER BY at").fetchall()
+    store.close()
+    assert rows == [("i0", ""), ("i1", "ana")]

@@ -115,6 +115,7 @@ def pulled(prometheus: PrometheusHandle, tmp_path_factory: pytest.TempPathFactor
     return work, out
 
 
+@pytest.mark.live
 def test_range_is_stitched_from_chunks_without_duplicates(
     prometheus: PrometheusHandle, history: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -134,6 +135,7 @@ def test_range_is_stitched_from_chunks_without_duplicates(
         np.testing.assert_array_equal(s.x, again.x)
 
 
+@pytest.mark.live
 def test_instant_queries_and_special_values(
     prometheus: PrometheusHandle, history: dict[str, np.ndarray]
 ) -> None:
@@ -148,6 +150,7 @@ def test_instant_queries_and_special_values(
     assert edge.x[0] == 1.0 and math.isnan(edge.x[1]) and edge.x.tolist()[2:] == [math.inf, -math.inf]
 
 
+@pytest.mark.live
 def test_query_errors_quote_prometheus(prometheus: PrometheusHandle) -> None:
     reader = PrometheusReader(prometheus.url)
     with pytest.raises(QueryError, match=r"rejected the query 'rate\(': .*parse error"):
@@ -195,6 +198,7 @@ def test_server_errors_and_other_servers_are_told_apart() -> None:
         server.shutdown()
 
 
+@pytest.mark.live
 def test_backtest_from_prometheus(pulled: tuple[Path, str]) -> None:
     work, out = pulled
     assert "series         2" in out and "points         2880" in out
@@ -211,6 +215,7 @@ def test_backtest_from_prometheus(pulled: tuple[Path, str]) -> None:
     assert rows[720]["timestamp"] == "2026-03-09 12:00:00" and rows[720]["alert"] == "1"
 
 
+@pytest.mark.live
 def test_report_from_prometheus(pulled: tuple[Path, str], prometheus: PrometheusHandle) -> None:
     html = (pulled[0] / "report.html").read_text(encoding="utf-8")
     assert html.count("<svg") == 2
@@ -218,6 +223,7 @@ def test_report_from_prometheus(pulled: tuple[Path, str], prometheus: Prometheus
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, flags=re.I)
 
 
+@pytest.mark.live
 def test_exported_recordings_replay_like_the_pull(
     pulled: tuple[Path, str], prometheus: PrometheusHandle
 ) -> None:
@@ -249,6 +255,7 @@ def test_exported_recordings_replay_like_the_pull(
         (["--start", "now-1h", "--query", "no_such_metric"], "returned no series from"),
     ],
 )
+@pytest.mark.live
 def test_bad_requests_are_explained(
     prometheus: PrometheusHandle, tmp_path: Path, options: list[str], message: str
 ) -> None:
@@ -281,6 +288,7 @@ def test_source_options_must_agree(tmp_path: Path, argv: list[str], message: str
     assert status == 2 and message in err, err
 
 
+@pytest.mark.live
 def test_relative_times_read_what_was_just_scraped(prometheus: PrometheusHandle, tmp_path: Path) -> None:
     target = prometheus.url.removeprefix("http://")
     with start_prometheus(tmp_path / "scraper", scrape_configs=[scrape_config("peer", [target])]) as scraper:
@@ -299,6 +307,7 @@ def test_relative_times_read_what_was_just_scraped(prometheus: PrometheusHandle,
     assert abs(parse_timestamp(rows[-1]["timestamp"]) - time.time()) < 30
 
 
+@pytest.mark.live
 def test_dashboard_queries_run(prometheus: PrometheusHandle) -> None:
     """Every query of examples/grafana-dashboard.json is valid PromQL and finds the exported series."""
     reader = PrometheusReader(prometheus.url)

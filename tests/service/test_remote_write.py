@@ -28,6 +28,7 @@ from service.proto import (
     WriteRequest,
 )
 from service.remote_write import (
+    MAX_SERIES_LABEL_CHARS,
     MEDIA_TYPE,
     STALE_NAN_BITS,
     V2_MESSAGE,
@@ -417,6 +418,10 @@ def test_oversized_declared_length_is_413_before_decompressing():
         ({"__name__": "up", "": "x"}, "empty name"),
         ({"__name__": "up", "bad.name": "x"}, "label name 'bad.name' is not supported"),
         ({"__name__": "http.requests"}, "metric name 'http.requests' is not supported"),
+        (
+            {"__name__": "up", "x": "y" * MAX_SERIES_LABEL_CHARS},
+            "labels take 16,395 characters, above the limit of 16,384",
+        ),
     ],
 )
 def test_series_that_cannot_be_a_series(labels, message):
@@ -424,6 +429,12 @@ def test_series_that_cannot_be_a_series(labels, message):
     for payload, content_type in ((_v1(series), MEDIA_TYPE), (_v2(series), V2_TYPE)):
         error = _error(_snappy(payload), content_type, cache=SeriesCache())
         assert error.status == 400 and message in str(error)
+
+
+def test_labels_up_to_the_size_limit_are_accepted():
+    labels = {"__name__": "up", "x": "y" * (MAX_SERIES_LABEL_CHARS - len("__name__up") - 1)}
+    decoded = decode_write_request(_snappy(_v1([(labels, [(1.0, NOW_MS)])])), MEDIA_TYPE, None)
+    assert decoded.labels[decoded.keys[0]] == labels
 
 
 def test_duplicate_label_name():
@@ -519,6 +530,7 @@ def test_proto_files_and_python_schema_agree(file, schema):
 
 def test_public_surface():
     assert service.remote_write.__all__ == [
+        "MAX_SERIES_LABEL_CHARS",
         "MEDIA_TYPE",
         "STALE_NAN_BITS",
         "SUPPORTED_CONTENT_TYPES",
@@ -529,6 +541,7 @@ def test_public_surface():
         "RowCache",
         "SeriesCache",
         "decode_write_request",
+        "read_body",
     ]
     assert set(service.proto.__all__) == {
         "POOL",

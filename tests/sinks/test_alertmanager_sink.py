@@ -153,6 +153,7 @@ def _notifications(requests: list[RecordedRequest], status: str) -> list[dict[st
     return [r.json() for r in requests if r.path == "/am" and r.json()["status"] == status]
 
 
+@pytest.mark.live
 def test_real_alertmanager_notifies_firing_then_resolved(
     alertmanager_webhook: tuple[AlertmanagerHandle, Receiver], connection: sqlite3.Connection
 ) -> None:
@@ -200,6 +201,7 @@ def test_real_alertmanager_notifies_firing_then_resolved(
         assert alert["annotations"]["resolution"] == "accepted as the new normal after 2h"
 
 
+@pytest.mark.live
 def test_real_alertmanager_refresh_extends_the_lease(
     alertmanager_webhook: tuple[AlertmanagerHandle, Receiver], connection: sqlite3.Connection
 ) -> None:
@@ -222,6 +224,7 @@ def test_real_alertmanager_refresh_extends_the_lease(
         )
 
 
+@pytest.mark.live
 def test_real_alertmanager_rejection_is_permanent(
     alertmanager_webhook: tuple[AlertmanagerHandle, Receiver],
     connection: sqlite3.Connection,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from detector.alerts import AlertEvent
+from service.http_config import HTTPClientConfig
 from service.outbox import Delivery, Outbox, connect
 from service.sinks import OutgoingRequest, SlackSink, WebhookSink, example_event
 from tests.support import FakeClock, MaxJitter
@@ -292,6 +293,7 @@ class _BrokenSink:
 
     name = "broken"
     timeout = 1.0
+    http = HTTPClientConfig()
 
     def wants(self, event: AlertEvent) -> bool:
         return True

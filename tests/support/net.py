@@ -4,7 +4,8 @@
 request (method, path, headers, body) and answers with a status you choose: a
 fixed default, a queue of one-off answers, or a function of the request.  It
 can go :meth:`~Receiver.down` (the port refuses connections) and come back
-:meth:`~Receiver.up` on the same port.
+:meth:`~Receiver.up` on the same port.  Given an SSL context (see
+:mod:`tests.support.tls`) it serves HTTPS.
 
 >>> import httpx
 >>> with Receiver() as receiver:
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -81,10 +83,15 @@ class Receiver:
         Port to listen on; a free one by default.
     host
         Address to bind.
+    tls
+        A server-side SSL context: serve HTTPS with it.
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+    ) -> None:
         self.host = host
+        self.tls = tls
         self.port = port if port is not None else free_port(host)
         self._lock = threading.Lock()
         self._condition = threading.Condition(self._lock)
@@ -97,8 +104,8 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:40123``."""
-        return f"http://{self.host}:{self.port}"
+        """Base URL, e.g. ``http://127.0.0.1:40123`` (``https`` with TLS)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     # --- lifetime ----------------------------------------------------------------------------------
 
@@ -107,6 +114,9 @@ class Receiver:
         if self._server is None:
             self._server = ThreadingHTTPServer((self.host, self.port), self._handler_class())
             self._server.daemon_threads = True
+            if self.tls is not None:
+                # A failed handshake raises from accept(); the server drops that connection and goes on.
+                self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
             self._thread = threading.Thread(
                 target=self._server.serve_forever, args=(0.05,), daemon=True, name="receiver"
             )

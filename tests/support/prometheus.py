@@ -4,7 +4,8 @@
 starts it and waits until ``/-/ready``; ``backfill=openmetrics(...)`` first writes
 history into its data directory with ``promtool tsdb create-blocks-from openmetrics``,
 so range queries see fixed data without waiting for scrapes.  Use the handle as a
-context manager, or call ``stop()``.
+context manager, or call ``stop()``; ``restart()`` starts it again on the same port
+with the same storage (an outage).
 """
 
 from __future__ import annotations
@@ -87,15 +88,48 @@ class PrometheusHandle:
     ...     prometheus.stop()
     ...     prometheus.stop()  # a second stop does nothing
     ...     print(prometheus.process.returncode)
+    ...     url = prometheus.url
+    ...     prometheus.restart()
+    ...     print(prometheus.url == url, httpx.get(url + "/-/ready").status_code)
+    ...     prometheus.stop()
     True
     0
+    True 200
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], url: str, data_dir: Path, log_path: Path) -> None:
-        self.process = process
+    def __init__(self, command: Sequence[str], url: str, data_dir: Path, log_path: Path) -> None:
+        self.command = list(command)
         self.url = url
         self.data_dir = data_dir
         self.log_path = log_path
+        self.process = self._launch()
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until ``/-/ready`` answers 200; stops it and raises if it exits or takes too long."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited with status {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"prometheus at {self.url} not ready after {timeout} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def restart(self, ready_timeout: float = 30.0) -> None:
+        """Start it again after :meth:`stop`: same port, config and storage; waits until ready."""
+        if self.process.poll() is None:
+            raise RuntimeError(f"prometheus at {self.url} is still running; stop() it first")
+        self.process = self._launch()
+        self.wait_ready(ready_timeout)
 
     def log(self) -> str:
         """Prometheus's own log so far (for assertion messages)."""
@@ -180,7 +214,6 @@ def start_prometheus(
     settings = {"scrape_configs": list(scrape_configs), "remote_write": list(remote_write)}
     config.write_text(json.dumps(settings, indent=2))
     url = f"http://127.0.0.1:{free_port()}"
-    log_path = directory / "prometheus.log"
     command = [
         PROMETHEUS,
         f"--config.file={config}",
@@ -191,19 +224,8 @@ def start_prometheus(
         *(["--web.enable-remote-write-receiver"] if remote_write_receiver else []),
         *extra_args,
     ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    handle = PrometheusHandle(process, url, data_dir, log_path)
-    deadline = time.monotonic() + ready_timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"prometheus exited with status {process.returncode}:\n{handle.log()}")
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200:
-                return handle
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            handle.stop()
-            raise TimeoutError(f"prometheus at {url} not ready after {ready_timeout} s:\n{handle.log()}")
-        time.sleep(0.05)
+    log_path = directory / "prometheus.log"
+    log_path.write_bytes(b"")
+    handle = PrometheusHandle(command, url, data_dir, log_path)
+    handle.wait_ready(ready_timeout)
+    return handle

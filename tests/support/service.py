@@ -8,12 +8,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.settings import ServiceSettings
@@ -40,20 +42,35 @@ def serve_in_thread(settings: ServiceSettings) -> Iterator[str]:
 
 
 class ServiceProcess:
-    """``python -m service run --config FILE`` on 127.0.0.1; output goes to ``log_path``."""
+    """``python -m service run --config FILE [ARGS]`` on 127.0.0.1; output goes to ``log_path``.
 
-    def __init__(self, config: Path, log_path: Path, port: int | None = None) -> None:
+    A service serving TLS or asking for credentials (``--web.config.file``) is
+    reached with ``scheme="https"`` and httpx's ``verify``/``auth`` in ``client``.
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        scheme: str = "http",
+        **client: Any,
+    ) -> None:
         self.config = config
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.args = list(args)
+        self.client = client
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: float = 60.0) -> ServiceProcess:
         log = self.log_path.open("ab")
         root = Path(__file__).resolve().parents[2]
+        command = [sys.executable, "-m", "service", "run", "--config", str(self.config)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "run", "--config", str(self.config), "--port", str(self.port)],
+            [*command, "--port", str(self.port), *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=root,
@@ -69,7 +86,7 @@ class ServiceProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"service exited with {self.process.returncode}; see {self.log_path}")
             try:
-                response = httpx.get(self.url + path, timeout=2.0)
+                response = httpx.get(self.url + path, timeout=2.0, **self.client)
                 if response.status_code == 200:
                     return response
             except httpx.HTTPError:
@@ -79,7 +96,31 @@ class ServiceProcess:
             time.sleep(0.2)
 
     def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=5.0)
+        return httpx.get(self.url + path, timeout=5.0, **self.client)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value at ``/metrics`` of the sample ``name`` whose labels include ``labels``; None if absent.
+
+        Counters are named with their ``_total`` suffix.
+        """
+        response = self.get("/metrics")
+        response.raise_for_status()
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    return float(sample.value)
+        return None
+
+    def log(self) -> str:
+        """The service's output so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def memory(self, field: str = "VmRSS") -> int:
+        """Bytes of memory from ``/proc/<pid>/status``: ``VmRSS`` resident now, ``VmHWM`` at the peak."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:"))
+        return int(kib) * 1024
 
     def kill(self) -> None:
         """SIGKILL: no chance to save state (the restart test's worst case)."""

@@ -24,6 +24,8 @@ from tests.web.pages import (
     section,
 )
 
+pytestmark = pytest.mark.browser
+
 #: Samples per request: Prometheus's default ``max_samples_per_send`` is 500.
 SAMPLES_PER_REQUEST = 450
 
