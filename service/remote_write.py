@@ -81,6 +81,10 @@ SUPPORTED_CONTENT_TYPES = (
 #: The labels of one series, names and values together, may take this many characters
 #: (a node-exporter series takes about 100; Mimir's default limit is 2,048 per value).
 MAX_SERIES_LABEL_CHARS = 16_384
+#: Samples of one series one request may hold: a series' samples are scored one after another
+#: (about 0.2 ms each here, on the event loop), so a deeper request would stall the service.
+#: Prometheus never sends more: its ``max_samples_per_send`` defaults to 2,000 for all series.
+MAX_SAMPLES_PER_SERIES = 2_000
 
 # series_key writes ``name{label="value",...}``; parse_series_key reads back only these.
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -461,6 +465,7 @@ def decode_write_request(
     if n_samples == len(series) and 0 not in counts:
         labels = dict(zip(keys, map(_LABELS, series), strict=True))
     else:
+        _check_depth(keys, counts)
         labels = {entry.key: entry.labels for entry in series if entry.samples}
         keys = [key for key, count in zip(keys, counts, strict=True) for _ in range(count)]
         slots, stamps = np.repeat(slots, counts), np.repeat(stamps, counts)
@@ -479,6 +484,26 @@ def decode_write_request(
         stamps=stamps,
         histograms_skipped=sum(map(_HISTOGRAMS, series)),
     )
+
+
+def _check_depth(keys: list[str], counts: list[int]) -> None:
+    """Refuse a request holding more than :data:`MAX_SAMPLES_PER_SERIES` samples of one series.
+
+    >>> _check_depth(["up{}", "up{}"], [1_500, 1_000])
+    Traceback (most recent call last):
+    ...
+    service.remote_write.RemoteWriteError: series up{} has 2,500 samples in one request; ...
+    """
+    depth: dict[str, int] = {}
+    for key, count in zip(keys, counts, strict=True):
+        depth[key] = depth.get(key, 0) + count
+    key, deepest = max(depth.items(), key=lambda item: item[1])
+    if deepest > MAX_SAMPLES_PER_SERIES:
+        raise RemoteWriteError(
+            f"series {key:.300} has {deepest:,} samples in one request; at most "
+            f"{MAX_SAMPLES_PER_SERIES:,} of one series are taken (they are scored one after another): "
+            "send them in smaller requests"
+        )
 
 
 async def read_body(chunks: AsyncIterable[bytes], content_length: str | None, max_bytes: int) -> bytes:
@@ -718,6 +743,7 @@ def _columns(views: _Views, raw: bytes, n_samples: int) -> tuple[np.ndarray, np.
 
 
 __all__ = [
+    "MAX_SAMPLES_PER_SERIES",
     "MAX_SERIES_LABEL_CHARS",
     "MEDIA_TYPE",
     "STALE_NAN_BITS",

@@ -28,6 +28,7 @@ from service.proto import (
     WriteRequest,
 )
 from service.remote_write import (
+    MAX_SAMPLES_PER_SERIES,
     MAX_SERIES_LABEL_CHARS,
     MEDIA_TYPE,
     STALE_NAN_BITS,
@@ -437,6 +438,16 @@ def test_labels_up_to_the_size_limit_are_accepted():
     assert decoded.labels[decoded.keys[0]] == labels
 
 
+def test_a_request_deeper_than_the_per_series_limit_is_refused():
+    deep = [1.0] * (MAX_SAMPLES_PER_SERIES // 2 + 1)
+    # The same series twice in one request: its samples add up.
+    series: list[Series] = [({"__name__": "up"}, [(v, NOW_MS + i) for i, v in enumerate(deep)])] * 2
+    error = _error(_snappy(_v1(series)), MEDIA_TYPE, cache=SeriesCache())
+    assert error.status == 400 and "series up{} has 2,002 samples in one request; at most 2,000" in str(error)
+    fine = [({"__name__": "up"}, [(1.0, NOW_MS + i) for i in range(MAX_SAMPLES_PER_SERIES)])]
+    assert len(decode_write_request(_snappy(_v1(fine)), MEDIA_TYPE, None).t) == MAX_SAMPLES_PER_SERIES
+
+
 def test_duplicate_label_name():
     request = WriteRequest(
         timeseries=[
@@ -530,6 +541,7 @@ def test_proto_files_and_python_schema_agree(file, schema):
 
 def test_public_surface():
     assert service.remote_write.__all__ == [
+        "MAX_SAMPLES_PER_SERIES",
         "MAX_SERIES_LABEL_CHARS",
         "MEDIA_TYPE",
         "STALE_NAN_BITS",
