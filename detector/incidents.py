@@ -34,6 +34,15 @@ how long or by whom.  An alert whose onset sample arrived more than
 A silenced point, or a gap, is no decision: it neither resolves a member nor
 adds one.  The tracker's state is plain JSON (:meth:`IncidentTracker.state_dict`),
 for the service to checkpoint beside the engine.
+
+A restored tracker vouches for none of its incidents until it is given a
+point of one of their series (:meth:`IncidentTracker.load_state_dict`): an
+unconfirmed incident is not refreshed, and a series that goes away
+(:meth:`~IncidentTracker.forget`) or comes back without its alert
+(:meth:`~IncidentTracker.withdraw`) leaves it silently.  Another replica may
+still see that incident, or may have resolved it long ago; either way a
+replica that was not watching has nothing to say about it, and Alertmanager
+ends an alert nobody refreshes when its lease runs out.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,6 +233,8 @@ class IncidentTracker:
         self._incidents: dict[str, _Incident] = {}
         #: Firing member key -> its incident's id.
         self._firing: dict[str, str] = {}
+        #: Ids of restored incidents none of whose series has been observed since.
+        self._unconfirmed: set[str] = set()
 
     @property
     def firing_keys(self) -> list[str]:
@@ -238,6 +249,11 @@ class IncidentTracker:
     def open_incidents(self) -> list[str]:
         """Ids of the incidents not yet resolved, oldest first."""
         return sorted(self._incidents, key=lambda i: (self._incidents[i].opened_at, i))
+
+    @property
+    def unconfirmed(self) -> list[str]:
+        """Ids of restored incidents not confirmed since: none of their series was observed."""
+        return sorted(self._unconfirmed)
 
     def _group(self, labels: Mapping[str, str]) -> tuple[str, ...]:
         return tuple(labels.get(name, "") for name in self.group_by)
@@ -283,6 +299,8 @@ class IncidentTracker:
     ) -> list[AlertEvent]:
         changes: dict[str, Change] = {}
         arrivals = []
+        if self._unconfirmed:
+            self._unconfirmed -= {self._firing[key] for key in keys if key in self._firing}
         for i in np.nonzero(scored.alert & scored.decided)[0].tolist():
             owner = self._firing.get(keys[i])
             if owner is None:
@@ -315,6 +333,7 @@ class IncidentTracker:
                 incident.late_by = now - onset
             incident.members[key] = _Member(self._finding(key, labels[key], scored, x, i, model))
             self._firing[key] = incident.incident_id
+            self._unconfirmed.discard(incident.incident_id)
         if changes:
             unusual: dict[tuple[str, ...], list[int]] = {}
             quiet = ~scored.alert & scored.decided & (scored.p_value <= self.correlate_below)
@@ -325,11 +344,60 @@ class IncidentTracker:
                 self._correlate(incident, keys, unusual.get(incident.group, []), scored)
         return self._emit(now, changes)
 
-    def forget(self, keys: Sequence[str], now: float) -> list[AlertEvent]:
-        """Series that are gone (expired, dropped): their alerts count as resolved at ``now``."""
+    def forget(
+        self, keys: Sequence[str], now: float, last_seen: Mapping[str, float] | None = None
+    ) -> list[AlertEvent]:
+        """Series that are gone (expired, dropped): their alerts resolve when their data ended.
+
+        ``last_seen`` maps a key to its last sample's time, the resolution time
+        (the data's, so replicas agree); a key without one resolves at ``now``.
+        A member of an unconfirmed incident leaves it silently (see :meth:`withdraw`).
+        """
+        last_seen = last_seen or {}
+        self.withdraw([key for key in keys if self._firing.get(key) in self._unconfirmed])
         for key in keys:
-            self._resolve(key, now, "the series stopped reporting")
+            at = last_seen.get(key, now)
+            self._resolve(key, at if math.isfinite(at) else now, "the series stopped reporting")
         return self._emit(now, {})
+
+    def withdraw(self, keys: Iterable[str]) -> None:
+        """Drop these series from the unconfirmed incidents they alert in, without an event.
+
+        For a replica that restarted: a restored alert its series no longer
+        shows (or a series that never came back) is not its to resolve; another
+        replica that kept watching did, or still sees it.  An unconfirmed
+        incident left with no firing member ends silently.  Members of
+        confirmed incidents are left alone.
+
+        >>> finding = SeriesFinding("a", {}, 9.0, 1.0, 0.0, 2.0, 1e-6, "high", 0.0, "ewma", False)
+        >>> saved = _Incident("i1", (), {}, 0.0, 0.0, members={"a": _Member(finding)})
+        >>> tracker = IncidentTracker("cpu", [], 120.0, 60.0)
+        >>> tracker.load_state_dict({"incidents": [saved.to_dict()]})
+        >>> tracker.unconfirmed, tracker.firing_keys
+        (['i1'], ['a'])
+        >>> tracker.withdraw(["a"])
+        >>> tracker.open_incidents, tracker.unconfirmed
+        ([], [])
+        """
+        for key in keys:
+            owner = self._firing.get(key)
+            if owner is None or owner not in self._unconfirmed:
+                continue
+            del self._firing[key]
+            incident = self._incidents[owner]
+            del incident.members[key]
+            if not incident.firing():
+                del self._incidents[owner]
+                self._unconfirmed.discard(owner)
+
+    def continue_sequences(self, used: Mapping[str, int]) -> None:
+        """Number each open incident's next event after ``used[incident_id]``, if that is higher.
+
+        A checkpoint can be older than the last events sent (the outbox keeps
+        them): a restored incident must not reuse their sequence numbers.
+        """
+        for incident in self._incidents.values():
+            incident.sequence = max(incident.sequence, used.get(incident.incident_id, 0))
 
     def resolve(self, resolved: Mapping[str, float], reason: str, now: float) -> list[AlertEvent]:
         """Resolve these series' alerts (key -> the data's time of the resolution) for ``reason``.
@@ -435,7 +503,7 @@ class IncidentTracker:
                 del self._incidents[key]
             elif key in changes:
                 change = changes[key]
-            elif now - incident.last_sent >= self.refresh_interval:
+            elif now - incident.last_sent >= self.refresh_interval and key not in self._unconfirmed:
                 change = "refreshed"
             else:
                 change = None
@@ -479,7 +547,7 @@ class IncidentTracker:
         return {"incidents": [incident.to_dict() for incident in self._incidents.values()]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`; every incident is unconfirmed until one of its series is observed."""
         incidents = [_Incident.from_dict(data) for data in state["incidents"]]
         self._incidents = {incident.incident_id: incident for incident in incidents}
         self._firing = {
@@ -488,6 +556,7 @@ class IncidentTracker:
             for key, member in incident.members.items()
             if member.firing
         }
+        self._unconfirmed = set(self._incidents)
 
 
 def _rounds(keys: Sequence[str], t: np.ndarray) -> list[np.ndarray]:

@@ -8,8 +8,9 @@ Routes::
     GET  /metrics                 scores, bands and self-metrics for Prometheus
     GET  /-/healthy, /-/ready     liveness; readiness (state restored, first evaluation done)
     GET  /api/v1/detectors        detectors, series counts, alert budget and realized alert rate
+    GET  /api/v1/shard            the shard this instance owns, and Prometheus's rules that route it
     GET  /api/v1/series           series, optionally ?detector=…&anomalous=true
-    GET  /api/v1/series/{id}      one series: latest value, band, score, warm-up status
+    GET  /api/v1/series/{id}      one series: latest value, band, score, warm-up status, quiet or speaking
     GET  /api/v1/alerts           recent alert events (newest first) and delivery counts
     POST /api/v1/alerts/{incident_id}/feedback   {"verdict": "false_positive" | "incident" | "new_normal"}
     GET/POST /api/v1/silences, DELETE /api/v1/silences/{id}   silences and maintenance windows
@@ -46,9 +47,10 @@ from service import web
 from service.access import Access, AccessControl, actor
 from service.detection import Detection, WriteFailed
 from service.prometheus import PrometheusReader
-from service.remote_write import RemoteWriteError, decode_write_request, read_body
+from service.remote_write import RemoteWriteError, SeriesCache, decode_write_request, read_body
 from service.runtime import DetectorRuntime, SeriesState
-from service.settings import ServiceSettings, SilenceSettings
+from service.settings import ServiceSettings, ShardSettings, SilenceSettings
+from service.sharding import SEPARATOR
 from service.store import Store
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,7 @@ class DetectorReply(BaseModel):
     model: str
     series: int
     warming: int
+    quiet: int = Field(description="series that send no alert events yet: warming up, or just restored")
     restored: bool
     last_evaluation: float | None
     budget: BudgetReply
@@ -142,6 +145,7 @@ class DetectorReply(BaseModel):
             model=runtime.spec.model,
             series=series,
             warming=runtime.warming_count(),
+            quiet=runtime.quiet_count(),
             restored=runtime.restored,
             last_evaluation=runtime.last_eval,
             budget=BudgetReply(
@@ -156,6 +160,39 @@ class DetectorReply(BaseModel):
                 per_day=_finite(onsets.per_day),
                 per_series_per_day=_finite(onsets.per_day / series) if series else None,
             ),
+        )
+
+
+class ShardReply(BaseModel):
+    """The share of the series this instance owns, and the Prometheus rules that send it exactly that."""
+
+    index: int
+    count: int
+    labels: list[str] = Field(description="hashmod's source_labels, joined with separator")
+    separator: str
+    write_relabel_configs: list[dict[str, Any]] = Field(
+        description="for this shard's remote_write queue in prometheus.yml"
+    )
+
+    @classmethod
+    def of(cls, shard: ShardSettings) -> ShardReply:
+        rules: list[dict[str, Any]] = [
+            {
+                "source_labels": shard.labels,
+                "modulus": shard.count,
+                "target_label": "__tmp_shard",
+                "action": "hashmod",
+            },
+            {"source_labels": ["__tmp_shard"], "regex": str(shard.index), "action": "keep"},
+            # write_relabel_configs keep __ labels: without this one it would join the series' labels.
+            {"regex": "__tmp_shard", "action": "labeldrop"},
+        ]
+        return cls(
+            index=shard.index,
+            count=shard.count,
+            labels=shard.labels,
+            separator=SEPARATOR,
+            write_relabel_configs=rules if shard.count > 1 else [],
         )
 
 
@@ -206,6 +243,8 @@ def create_app(
         tasks = [asyncio.create_task(detection.pull_loop(r)) for r in detection.pull_detectors]
         tasks.append(asyncio.create_task(detection.checkpoint_loop()))
         tasks.append(asyncio.create_task(detection.outbox.run(keep_finished=settings.outbox_retention)))
+        if detection.score_writer is not None:
+            tasks.append(asyncio.create_task(detection.score_writer.run()))
         try:
             yield
         finally:
@@ -228,6 +267,8 @@ def create_app(
 
     app.add_middleware(AccessControl, access=access or Access(), refused=refused)
 
+    series_cache = SeriesCache(settings.remote_write.series_cache)
+
     @app.post("/api/v1/write", status_code=204)
     async def remote_write(request: Request, detection: DetectionDep) -> Response:
         try:
@@ -238,6 +279,7 @@ def create_app(
                 request.headers.get("content-type"),
                 request.headers.get("content-encoding"),
                 settings.remote_write.max_bytes,
+                cache=series_cache,
             )
         except RemoteWriteError as error:
             detection.metrics.dropped.labels("bad_request").inc()
@@ -268,6 +310,10 @@ def create_app(
     @app.get("/api/v1/detectors")
     def detectors(detection: DetectionDep) -> list[DetectorReply]:
         return [DetectorReply.of(runtime) for runtime in detection.runtimes.values()]
+
+    @app.get("/api/v1/shard")
+    def shard() -> ShardReply:
+        return ShardReply.of(settings.shard)
 
     @app.get("/api/v1/series")
     def series(

@@ -15,11 +15,21 @@ what is queued together, one engine call per detector, and only then answers
 the requests (a 2xx still means "scored").  A detector's
 :class:`~service.remote_write.RowCache` maps the decoder's series entries to
 engine rows, so steady-state batches skip the per-sample series-table look-ups.
+
+Shards
+------
+With ``shard.count`` above 1 an instance owns the series whose ``hashmod`` is
+its ``shard.index`` (:mod:`service.sharding`): a pull detector keeps only
+those of every query's result, warm starts and catch-ups included; a push
+detector scores only those and counts the others as dropped, reason
+``other_shard`` (the row cache remembers the verdict per series).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import itertools
 import logging
 import time
@@ -38,6 +48,7 @@ from service.outbox import Outbox, connect
 from service.prometheus import PrometheusError, PrometheusReader, RangeSeries, Sample
 from service.remote_write import DecodedWrite, RowCache
 from service.runtime import DetectorRuntime, last_positions, series_id
+from service.score_writer import ScoreWriter
 from service.settings import DetectorSpec, ServiceSettings
 from service.silence_book import SilenceBook
 from service.sinks import build_sinks
@@ -48,6 +59,19 @@ log = logging.getLogger(__name__)
 #: The row of a sample whose series a detector takes but has no state for: only
 #: stale markers of it arrived, and an ending series is not started.
 _UNTRACKED = -2
+#: The row of a sample whose series a detector would take but another shard owns.
+_OTHER_SHARD = -3
+
+
+def _give_back_free_memory() -> None:
+    """Return the C heap's free pages to the system (glibc only; elsewhere nothing).
+
+    Registering many series at once, a checkpoint or a large scrape leaves
+    freed memory inside the heap, where it still counts as the process's RSS
+    until something reuses it; at a million series that is a gigabyte or more.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _flatten(series: list[RangeSeries]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -225,18 +249,34 @@ class Detection:
             prometheus.url, prometheus.headers, prometheus.timeout, http=prometheus
         )
         self.runtimes = {
-            spec.name: DetectorRuntime(spec, clock, self._links_for(spec), settings.history_points)
+            spec.name: DetectorRuntime(
+                spec,
+                clock,
+                self._links_for(spec),
+                settings.history_points,
+                settings.history_series,
+                checkpoint_interval=settings.checkpoint_interval,
+            )
             for spec in settings.detectors
         }
-        self.metrics = SelfMetrics(lambda: self.runtimes.values())
+        self.metrics = SelfMetrics(lambda: self.runtimes.values(), settings.outputs.metrics)
+        #: Scores and bands by remote_write (outputs.remote_write); its ``run`` is a service task.
+        self.score_writer: ScoreWriter | None = None
+        if settings.outputs.remote_write is not None:
+            self.score_writer = ScoreWriter(settings.outputs.remote_write, self.metrics)
+            for runtime in self.runtimes.values():
+                runtime.outputs.append(self.score_writer.add)
         self.evaluated: set[str] = set()
         self.restored = False
         self.silences = SilenceBook(store, [rule.rule() for rule in settings.silences])
-        self.outbox = Outbox(connect(settings.store), build_sinks(settings.sinks), clock=clock)
+        self.outbox = Outbox(
+            connect(settings.store), build_sinks(settings.sinks, replica=settings.replica), clock=clock
+        )
         self._recent: deque[AlertEvent] = deque(maxlen=500)
         self._writes = WriteBatcher(
             self.score_remote_write, settings.remote_write.batch_samples, settings.remote_write.batch_wait
         )
+        self._warned_other_shard = False
 
     def _links_for(self, spec: DetectorSpec) -> Callable[[Sequence[SeriesFinding]], dict[str, str]]:
         """Links back for an alert: a Prometheus graph of the top series, and its page here."""
@@ -338,19 +378,25 @@ class Detection:
                 log.error("detector %s: cannot read its checkpoint (%s); starting cold", runtime.name, error)
                 continue
             if checkpoint is not None and runtime.restore(checkpoint):
+                # Events sent after the checkpoint keep their sequence numbers; new ones follow them.
+                tracker = runtime.tracker
+                tracker.continue_sequences(self.outbox.last_sequences(tracker.open_incidents))
                 log.info("detector %s: restored %d series", runtime.name, len(runtime.engine.series.active()))
         self.restored = True
 
     async def checkpoint(self) -> None:
         """Save every detector's state in one transaction (arrays copied on this thread)."""
+        started = time.perf_counter()
         checkpoints = [runtime.checkpoint() for runtime in self.runtimes.values()]
         try:
-            await asyncio.to_thread(self.store.save_checkpoints, checkpoints)
+            size = await asyncio.to_thread(self.store.save_checkpoints, checkpoints)
         except Exception:
             self.metrics.store_errors.labels("checkpoint").inc()
             log.exception("checkpoint failed; will retry at the next interval")
             return
         self.metrics.checkpoint_time.set(self.clock())
+        self.metrics.checkpoint_seconds.set(time.perf_counter() - started)
+        self.metrics.checkpoint_bytes.set(size)
 
     async def checkpoint_loop(self) -> None:
         while True:
@@ -359,6 +405,7 @@ class Detection:
             for runtime in self.runtimes.values():
                 self.publish(runtime.expire())
             self.metrics.observe_series(self.runtimes.values())
+            _give_back_free_memory()
 
     # --- pull ------------------------------------------------------------------------------
 
@@ -370,6 +417,8 @@ class Detection:
         started = time.perf_counter()
         samples: list[Sample] = await asyncio.to_thread(self.reader.instant, query)
         now = samples[0].t if samples else self.clock()
+        shard = self.settings.shard
+        samples = [sample for sample in samples if shard.owns(sample.labels)]
         if runtime.last_eval is not None and now - runtime.last_eval > 1.5 * step:
             await self._replay(runtime, runtime.last_eval + step, now - step / 2, live=True, only_known=True)
         keys = [series_key(sample.labels) for sample in samples]
@@ -401,6 +450,7 @@ class Detection:
         query = runtime.spec.query
         assert query is not None
         series = await asyncio.to_thread(self.reader.range, query, start, end, runtime.spec.interval)
+        series = [item for item in series if self.settings.shard.owns(item.labels)]
         keys, t, x = _flatten(_without_repeats(series) if live else series)
         keep = [
             i
@@ -462,13 +512,27 @@ class Detection:
         decoded = DecodedWrite.concat(batch)
         self.metrics.write_batches.observe(len(decoded.t))
         matched = np.zeros(len(decoded.t), dtype=bool)
+        elsewhere = np.zeros(len(decoded.t), dtype=bool)
         for runtime in self.push_detectors:
             rows = self._rows(runtime, decoded)
-            matched |= rows != RowCache.NOT_ACCEPTED
+            matched |= (rows != RowCache.NOT_ACCEPTED) & (rows != _OTHER_SHARD)
+            elsewhere |= rows == _OTHER_SHARD
             self._score_rows(runtime, decoded, rows)
         reasons: dict[str, int] = defaultdict(int)
-        reasons["unmatched"] = int((~matched).sum())
+        reasons["unmatched"] = int((~matched & ~elsewhere).sum())
+        reasons["other_shard"] = int((~matched & elsewhere).sum())
         reasons["stale_marker"] = int((matched & decoded.stale).sum())
+        if reasons["other_shard"] and not self._warned_other_shard:
+            self._warned_other_shard = True
+            shard = self.settings.shard
+            log.warning(
+                "received series of other shards (counted in anomaly_detector_samples_dropped_total"
+                '{reason="other_shard"}): Prometheus\'s write_relabel_configs should keep only '
+                "hashmod(%s) modulo %d == %d for this queue",
+                ", ".join(shard.labels),
+                shard.count,
+                shard.index,
+            )
         for reason, count in reasons.items():
             if count:
                 self.metrics.dropped.labels(reason).inc(count)
@@ -494,26 +558,32 @@ class Detection:
             if late:
                 self.metrics.late.labels(runtime.name).inc(late)
 
-    @staticmethod
-    def _rows(runtime: DetectorRuntime, decoded: DecodedWrite) -> np.ndarray:
+    def _rows(self, runtime: DetectorRuntime, decoded: DecodedWrite) -> np.ndarray:
         """Each sample's engine row in ``runtime``: from its row cache, else looked up and cached.
 
         ``RowCache.NOT_ACCEPTED`` where the detector does not take the series,
+        ``_OTHER_SHARD`` where it would but another shard owns the series,
         ``_UNTRACKED`` where it does but only stale markers of it ever came.
-        New series with a value get their rows here.
+        New series with a value get their rows here.  The shard is decided
+        once per series, on a cache miss, like the detector's match.
         """
         rows, known = runtime.rows.lookup(decoded.slots, decoded.stamps)
         if known.all():
             return rows
         miss = np.nonzero(~known)[0]
         keys = [decoded.keys[i] for i in miss.tolist()]
+        shard = self.settings.shard
         accepted = {key: runtime.accepts(key, decoded.labels[key]) for key in dict.fromkeys(keys)}
+        ours = {key: ok and shard.owns(decoded.labels[key]) for key, ok in accepted.items()}
         stale = decoded.stale[miss].tolist()
-        starting = [key for key, ended in zip(keys, stale, strict=True) if accepted[key] and not ended]
+        starting = [key for key, ended in zip(keys, stale, strict=True) if ours[key] and not ended]
         if starting:
             runtime.register(list(dict.fromkeys(starting)))
         table = runtime.engine.series
-        found = {key: table.get(key) if ok else RowCache.NOT_ACCEPTED for key, ok in accepted.items()}
+        found = {
+            key: table.get(key) if ours[key] else _OTHER_SHARD if ok else RowCache.NOT_ACCEPTED
+            for key, ok in accepted.items()
+        }
         rows[miss] = [_UNTRACKED if found[key] is None else found[key] for key in keys]
         cached = miss[rows[miss] != _UNTRACKED]
         runtime.rows.store(decoded.slots[cached], decoded.stamps[cached], rows[cached])

@@ -9,8 +9,12 @@ the metric name becomes the ``metric`` label)::
     anomaly_alert_firing{...}                            1 while an alert is open
 
 The per-series families are built at scrape time from the engines' arrays
-(a collector, not a gauge child per series), so 100k series cost no memory
-between scrapes.  Bands are left out while a series is warming up.
+(a collector, not a gauge child per series), so they cost no memory between
+scrapes.  Bands are left out while a series is warming up.  A scrape costs
+about 100 bytes and 10 µs a line, five lines a series: beyond
+``outputs.metrics.max_series`` series only the anomalous ones are shown
+(:class:`SeriesCollector`), and the rest leave by ``outputs.remote_write``
+(:mod:`service.score_writer`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
 from service.access import REASONS
+from service.history import INTERESTING_SCORE
 from service.runtime import DetectorRuntime
+from service.settings import MetricsOutputSettings
 
 _PER_SERIES = {
     "anomaly_score": (
@@ -56,18 +63,32 @@ def exported_labels(detector: str, labels: dict[str, str]) -> dict[str, str]:
 
 
 class SeriesCollector:
-    """A prometheus_client collector reading every detector's latest results at scrape time."""
+    """A prometheus_client collector reading every detector's latest results at scrape time.
 
-    def __init__(self, runtimes: Callable[[], Iterable[DetectorRuntime]]) -> None:
+    Which series it shows is ``settings`` (:class:`~service.settings.MetricsOutputSettings`);
+    ``anomaly_detector_metrics_series_omitted{detector}`` counts the series left out.
+    """
+
+    def __init__(
+        self,
+        runtimes: Callable[[], Iterable[DetectorRuntime]],
+        settings: MetricsOutputSettings | None = None,
+    ) -> None:
         self._runtimes = runtimes
+        self.settings = settings or MetricsOutputSettings()
 
     def collect(self) -> Iterable[Metric]:
         families = {name: Metric(name, doc, "gauge") for name, (_, doc, _) in _PER_SERIES.items()}
+        omitted = Metric(
+            "anomaly_detector_metrics_series_omitted",
+            "Series whose scores /metrics leaves out (outputs.metrics); send them by remote_write instead.",
+            "gauge",
+        )
         for runtime in self._runtimes():
             arrays = runtime.latest.arrays
-            for key, row in runtime.engine.series.active().items():
-                if arrays["ended"][row] or not math.isfinite(arrays["t"][row]):
-                    continue
+            shown, left_out = self.shown(runtime)
+            omitted.add_sample(omitted.name, {"detector": runtime.name}, float(left_out))
+            for key, row in shown:
                 labels = exported_labels(runtime.name, runtime.labels[key])
                 warming = bool(arrays["warming"][row])
                 for name, (column, _, is_band) in _PER_SERIES.items():
@@ -75,15 +96,36 @@ class SeriesCollector:
                     if (is_band and warming) or math.isnan(value):
                         continue
                     families[name].add_sample(name, labels, value)
-        return families.values()
+        return [*families.values(), omitted]
+
+    def shown(self, runtime: DetectorRuntime) -> tuple[list[tuple[str, int]], int]:
+        """The (key, row) of each series to show, and how many with a value are left out."""
+        keys = runtime.engine.series.keys
+        arrays = {name: column[: len(keys)] for name, column in runtime.latest.arrays.items()}
+        live = ~arrays["ended"] & np.isfinite(arrays["t"])
+        live[[row for row, key in enumerate(keys) if not key]] = False
+        limit, mode = self.settings.max_series, self.settings.series
+        if mode == "none":
+            return [], int(live.sum())
+        if mode == "all" and live.sum() <= limit:
+            rows = np.flatnonzero(live)
+        else:
+            flagged = np.flatnonzero(live & (arrays["alert"] | (arrays["score"] >= INTERESTING_SCORE)))
+            top = np.argsort(-np.nan_to_num(arrays["score"][flagged]), kind="stable")[:limit]
+            rows = np.sort(flagged[top])
+        return [(keys[row], int(row)) for row in rows.tolist()], int(live.sum()) - len(rows)
 
 
 class SelfMetrics:
     """The service's own figures, on their own registry (with the per-series collector)."""
 
-    def __init__(self, runtimes: Callable[[], Iterable[DetectorRuntime]]) -> None:
+    def __init__(
+        self,
+        runtimes: Callable[[], Iterable[DetectorRuntime]],
+        shown: MetricsOutputSettings | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(SeriesCollector(runtimes))  # type: ignore[arg-type]
+        self.registry.register(SeriesCollector(runtimes, shown))  # type: ignore[arg-type]
         r = self.registry
         self.ingested = Counter(
             "anomaly_detector_samples_ingested",
@@ -133,6 +175,16 @@ class SelfMetrics:
         self.checkpoint_time = Gauge(
             "anomaly_detector_last_checkpoint_timestamp_seconds", "When state was last saved.", registry=r
         )
+        self.checkpoint_seconds = Gauge(
+            "anomaly_detector_last_checkpoint_duration_seconds",
+            "Wall time the last checkpoint took, copying and writing every detector's state.",
+            registry=r,
+        )
+        self.checkpoint_bytes = Gauge(
+            "anomaly_detector_last_checkpoint_bytes",
+            "Size of the state the last checkpoint wrote.",
+            registry=r,
+        )
         self.source_errors = Counter(
             "anomaly_detector_source_errors",
             "Failed queries to Prometheus, by detector.",
@@ -155,6 +207,27 @@ class SelfMetrics:
             "anomaly_detector_alert_events",
             "Alert events emitted, by detector and change.",
             ["detector", "change"],
+            registry=r,
+        )
+        self.output_sent = Counter(
+            "anomaly_detector_output_samples_sent",
+            "Score, band and alert samples the receiver of outputs.remote_write accepted.",
+            registry=r,
+        )
+        self.output_dropped = Counter(
+            "anomaly_detector_output_samples_dropped",
+            "Output samples not sent: queue_full (the receiver was down or slow), rejected (a 4xx).",
+            ["reason"],
+            registry=r,
+        )
+        self.output_failures = Counter(
+            "anomaly_detector_output_request_failures",
+            "remote_write output requests that failed and were retried (5xx, 429, network errors).",
+            registry=r,
+        )
+        self.output_queue = Gauge(
+            "anomaly_detector_output_queue_samples",
+            "Output samples waiting to be sent to outputs.remote_write.",
             registry=r,
         )
         self.auth_failures = Counter(

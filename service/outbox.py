@@ -546,6 +546,30 @@ class Outbox:
             ).fetchone()
         return int(count)
 
+    def last_sequences(self, incident_ids: Iterable[str]) -> dict[str, int]:
+        """The highest event sequence stored for each of these incidents (those with any).
+
+        >>> import sqlite3
+        >>> from service.sinks import WebhookSink, example_event
+        >>> outbox = Outbox(sqlite3.connect(":memory:"), [WebhookSink("http://127.0.0.1:9/", "k")])
+        >>> _ = outbox.enqueue(example_event(sequence=4))
+        >>> outbox.last_sequences(["latency-api-1", "other"])
+        {'latency-api-1': 4}
+        >>> outbox.close()
+        """
+        wanted = list(dict.fromkeys(incident_ids))
+        found: dict[str, int] = {}
+        with self.lock:
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                rows = self.connection.execute(
+                    "SELECT incident_id, MAX(sequence) FROM outbox "
+                    f"WHERE incident_id IN ({', '.join('?' * len(part))}) GROUP BY incident_id",
+                    part,
+                )
+                found.update({incident: int(sequence) for incident, sequence in rows})
+        return found
+
     def stats(self) -> dict[tuple[str, str], int]:
         """Deliveries per ``(sink, state)``, zero included for every configured sink, for metrics."""
         counts: dict[tuple[str, str], int] = {

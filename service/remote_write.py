@@ -55,17 +55,16 @@ import itertools
 import operator
 import re
 import sys
-from collections import ChainMap
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import cramjam
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from detector.labels import series_key
+from detector.labels import parse_series_key, series_key
 from service.proto import Field, build_messages
 
 #: The bits of Prometheus's stale marker: a NaN meaning "this series ended".
@@ -124,8 +123,9 @@ class DecodedWrite:
     keys
         One per sample: the series key, :func:`detector.labels.series_key` of its labels.
     labels
-        Series key to its labels, each series once.  Shared with the decoder's
-        cache: read them, don't change them.
+        Series key to its labels, for the series of the request.  Parsed from
+        the key when asked for (the decoder keeps no labels per series: only
+        new series are looked at by label).
     t
         Timestamps in float64 seconds (Prometheus sends int64 milliseconds).
     x
@@ -163,16 +163,17 @@ class DecodedWrite:
 
     @classmethod
     def concat(cls, parts: Sequence[DecodedWrite]) -> DecodedWrite:
-        """Several decoded requests as one, in order (their labels are chained, not copied)."""
+        """Several decoded requests as one, in order."""
         if len(parts) == 1:
             return parts[0]
 
         def joined(column: str) -> np.ndarray:
             return np.concatenate([getattr(part, column) for part in parts])
 
+        keys = list(itertools.chain.from_iterable(part.keys for part in parts))
         return cls(
-            keys=list(itertools.chain.from_iterable(part.keys for part in parts)),
-            labels=ChainMap(*(cast(dict[str, dict[str, str]], part.labels) for part in parts)),
+            keys=keys,
+            labels=_KeyLabels(keys),
             t=joined("t"),
             x=joined("x"),
             stale=joined("stale"),
@@ -182,9 +183,37 @@ class DecodedWrite:
         )
 
 
+class _KeyLabels(Mapping[str, dict[str, str]]):
+    """The labels of a request's series, parsed from their keys when asked for.
+
+    >>> labels = _KeyLabels(['up{job="a"}', 'up{job="a"}'])
+    >>> labels['up{job="a"}'], len(labels), 'up{}' in labels
+    ({'__name__': 'up', 'job': 'a'}, 1, False)
+    """
+
+    def __init__(self, keys: list[str]) -> None:
+        self._keys = keys
+        self._known: set[str] | None = None
+
+    def __getitem__(self, key: str) -> dict[str, str]:
+        if key not in self:
+            raise KeyError(key)
+        return parse_series_key(key)
+
+    def __contains__(self, key: object) -> bool:
+        if self._known is None:
+            self._known = set(self._keys)
+        return key in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(self._keys))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class _Series(NamedTuple):
     key: str
-    labels: dict[str, str]
     samples: int
     histograms: int
     slot: int = -1  # set by SeriesCache.put
@@ -192,7 +221,7 @@ class _Series(NamedTuple):
 
 
 # Per-series work runs 500 times a request: C-level getters over the cached tuples.
-_KEY, _LABELS, _SAMPLES, _HISTOGRAMS, _SLOT, _STAMP = (operator.itemgetter(i) for i in range(6))
+_KEY, _SAMPLES, _HISTOGRAMS, _SLOT, _STAMP = (operator.itemgetter(i) for i in range(5))
 #: Stamps of SeriesCache entries: unique in the process, so a RowCache can't mistake
 #: a new entry for an evicted one in the same slot, whichever cache it came from.
 _STAMPS = itertools.count()
@@ -207,8 +236,10 @@ class SeriesCache:
     :class:`RowCache` to index, and a stamp that tells it from earlier holders
     of the slot.  When full, the oldest eighth of the entries is dropped and
     their slots are handed to new entries.  An entry of a
-    node-exporter series (5–6 labels) takes about 0.9 KB, so a full default
-    cache holds about 90 MB.  Safe to share between threads under the GIL.
+    node-exporter series (5–6 labels) takes about 300 bytes besides its key
+    (which the engine's series table shares), so 100,000 entries hold about
+    30 MB; the service sizes its cache with ``remote_write.series_cache``.
+    Safe to share between threads under the GIL.
 
     Parameters
     ----------
@@ -462,11 +493,8 @@ def decode_write_request(
     n_samples = sum(counts)
     slots = np.fromiter(map(_SLOT, series), np.int64, len(series))
     stamps = np.fromiter(map(_STAMP, series), np.int64, len(series))
-    if n_samples == len(series) and 0 not in counts:
-        labels = dict(zip(keys, map(_LABELS, series), strict=True))
-    else:
+    if n_samples != len(series) or 0 in counts:
         _check_depth(keys, counts)
-        labels = {entry.key: entry.labels for entry in series if entry.samples}
         keys = [key for key, count in zip(keys, counts, strict=True) for _ in range(count)]
         slots, stamps = np.repeat(slots, counts), np.repeat(stamps, counts)
     milliseconds, x = _columns(views, raw, n_samples)
@@ -476,7 +504,7 @@ def decode_write_request(
         )
     return DecodedWrite(
         keys=keys,
-        labels=labels,
+        labels=_KeyLabels(keys),
         t=milliseconds / 1000.0,
         x=x,
         stale=x.view(np.uint64) == STALE_NAN_BITS,
@@ -631,7 +659,7 @@ def _identify_v1(identity: bytes) -> _Series:
         label = _parse(_V1.label, entry, V1_MESSAGE)
         pairs.append((label.name, label.value))
     labels = _checked_labels([(_text(name, pairs), _text(value, pairs)) for name, value in pairs])
-    return _Series(series_key(labels), labels, len(series.samples), len(series.histograms))
+    return _Series(series_key(labels), len(series.samples), len(series.histograms))
 
 
 def _text(raw: bytes, pairs: list[tuple[bytes, bytes]]) -> str:
@@ -671,7 +699,7 @@ def _series_v2(raw: bytes, cache: SeriesCache) -> list[_Series]:
 def _identify_v2(strings: tuple[str, ...], markers: bytes) -> _Series:
     labels = _checked_labels(list(zip(strings[0::2], strings[1::2], strict=True)))
     counts = _V2.identity_series.FromString(markers)
-    return _Series(series_key(labels), labels, len(counts.samples), len(counts.histograms))
+    return _Series(series_key(labels), len(counts.samples), len(counts.histograms))
 
 
 def _checked_labels(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -10,11 +10,15 @@ History is replayed through the same engine with alerts quieted afterwards:
 a new pull series is warm-started from ``lookback`` of its own history, and
 after a restart the gap since the last evaluation is caught up before going
 live, so nothing in between is missed.
+
+A series whose state this process cannot vouch for yet (new to it, or
+restored from a checkpoint that missed data) is scored but quiet: its points
+reach no incident until it is warm again (:mod:`service.speaking`), so a
+replica that just started neither opens nor resolves what its partner sees.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -26,13 +30,14 @@ from detector.alerts import AlertEvent
 from detector.config import build_engine, build_tracker
 from detector.engine import ScoredBatch
 from detector.incidents import Links, transition_points
-from detector.labels import parse_series_key
 from detector.silences import SilenceSet
 from models.base import ArrayState, FieldSpecs
 from service.alert_rate import RecentOnsets
 from service.history import RecentHistory
 from service.remote_write import RowCache
+from service.series_index import SeriesIds, SeriesLabels, series_id
 from service.settings import DetectorSpec
+from service.speaking import SpeakingGate
 from service.store import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -75,15 +80,9 @@ class SeriesState:
     alert: bool
     ended: bool
     last_seen: float
-
-
-def series_id(detector: str, key: str) -> str:
-    """A short stable id for URLs: ``/api/v1/series/{id}``.
-
-    >>> series_id("cpu", 'up{job="a"}')
-    '2c3b0918f333'
-    """
-    return hashlib.blake2b(f"{detector}\0{key}".encode(), digest_size=6).hexdigest()
+    #: False while the series is quiet: scored, but opening and resolving no alert (see ``quiet_reason``).
+    speaking: bool = True
+    quiet_reason: str = ""
 
 
 def last_positions(ids: np.ndarray) -> np.ndarray:
@@ -117,20 +116,28 @@ class DetectorRuntime:
         clock: Callable[[], float],
         links: Links | None = None,
         history_points: int = 240,
+        history_series: int | None = None,
+        checkpoint_interval: float = 60.0,
     ) -> None:
         self.spec = spec
         self.clock = clock
         self.engine = build_engine(spec.engine_config())
         self.latest = LatestResults()
-        self.history = RecentHistory(history_points)
+        #: Which series speak (send alert events) and why the others are quiet.
+        self.gate = SpeakingGate(checkpoint_interval, spec.alerting.resolve_after)
+        #: Plot history of up to ``history_series`` series (None: all); see :mod:`service.history`.
+        self.history = RecentHistory(history_points, history_series)
         #: Alert onsets of the last week of data: the realized rate beside the budget.
         self.onsets = RecentOnsets()
         self.tracker = build_tracker(spec, spec.name, links)
-        self.labels: dict[str, dict[str, str]] = {}
-        self.ids: dict[str, str] = {}
+        #: Labels and URL ids of the series, read from the engine's series table (service/series_index.py).
+        self.labels = SeriesLabels(lambda: self.engine.series)
+        self.ids = SeriesIds(spec.name, lambda: self.engine.series)
         self._accepts: dict[str, bool] = {}
         #: Engine rows of remote-written series, kept in step with the engine's series table.
         self.rows = RowCache()
+        #: Called with (runtime, rows, t, scored) for every live scored batch (outputs.remote_write).
+        self.outputs: list[Callable[[DetectorRuntime, np.ndarray, np.ndarray, ScoredBatch], None]] = []
         #: Prometheus time of the newest evaluation that was scored (pull detectors).
         self.last_eval: float | None = None
         self.restored = False
@@ -147,7 +154,7 @@ class DetectorRuntime:
         """Whether a remote-written series belongs here (cached per series)."""
         found = self._accepts.get(key)
         if found is None:
-            if len(self._accepts) > 1_000_000:
+            if len(self._accepts) > 100_000:  # the row cache remembers the answer too
                 self._accepts.clear()
             found = self._accepts[key] = self.spec.accepts(labels)
         return found
@@ -159,13 +166,13 @@ class DetectorRuntime:
         """Engine rows of these series, creating the state of new ones."""
         ids = self.engine.register(keys)
         self.latest.resize(len(self.engine.series))
-        self.history.resize(len(self.engine.series))
-        for row in self.engine.series.new_rows:
-            key = self.engine.series.keys[row]
-            self.labels[key] = parse_series_key(key)
-            self.ids[series_id(self.name, key)] = key
-            self.latest.reset(np.array([row]))
-            self.history.reset(np.array([row]))
+        self.gate.resize(len(self.engine.series))
+        new = self.engine.series.new_rows
+        if new:
+            self.ids.assign(new)
+            self.latest.reset(np.array(new))
+            self.gate.reset(np.array(new))
+            self.history.reset(np.array(new))
         return ids
 
     def ingest(
@@ -196,7 +203,9 @@ class DetectorRuntime:
         keys = self.engine.series.keys
         learn = silenced = None
         if rules is not None and rules.rules:
-            labels = [self.labels[keys[row]] for row in ids.tolist()]
+            rows, each = np.unique(ids, return_inverse=True)
+            per_row = [self.labels[keys[row]] for row in rows.tolist()]
+            labels = [per_row[i] for i in each.tolist()]
             silenced = rules.silenced(labels, t)
             learn = ~rules.maintenance(labels, t)
         scored = self.engine.process(ids, t, x, learn=learn, silenced=silenced)
@@ -206,13 +215,24 @@ class DetectorRuntime:
         self._remember(ids, t, x, scored)
         if not live or not len(ids):
             return []
+        for output in self.outputs:
+            output(self, ids, t, scored)
         self.onsets.observe(t, scored.onset)
+        admitted = self.gate.admit(ids, t, scored.warming, scored.interval)
+        # A stale restored alert its series no longer shows is not this replica's to resolve.
+        gone = admitted.rejoined[~scored.alert[admitted.rejoined]]
+        if len(gone):
+            self.tracker.withdraw([keys[row] for row in ids[gone].tolist()])
         # Every opening and resolution in the batch, in time order; the points between tell nothing.
         firing = np.zeros(len(keys), dtype=bool)
         firing[[row for row in map(self.engine.series.get, self.tracker.firing_keys) if row is not None]] = (
             True
         )
-        chosen = transition_points(ids, scored, firing)
+        if admitted.speaking.all():
+            chosen = transition_points(ids, scored, firing)
+        else:
+            heard = np.nonzero(admitted.speaking)[0]
+            chosen = heard[transition_points(ids[heard], scored.take(heard), firing)]
         part = scored.take(chosen)
         return self.tracker.observe(
             self.clock(),
@@ -274,20 +294,21 @@ class DetectorRuntime:
             self.latest.arrays["alert"][rows] = False
 
     def expire(self) -> list[AlertEvent]:
-        """Forget series not seen for ``expire_after``; their open alerts resolve."""
+        """Forget series not seen for ``expire_after``; their open alerts resolve at their last sample."""
         cutoff = self.clock() - self.spec.expire_after
         seen = self.latest.arrays["seen"]
         active = self.engine.series.active()
         stale = [key for key, row in active.items() if seen[row] < cutoff]
         if not stale:
             return []
-        events = self.tracker.forget(stale, self.clock())
+        last_t = self.latest.arrays["t"]
+        events = self.tracker.forget(stale, self.clock(), {key: float(last_t[active[key]]) for key in stale})
         if stale:
+            rows = np.array([active[key] for key in stale])
             self.engine.forget(stale)
-            self.rows.forget(np.array([active[key] for key in stale]))
+            self.rows.forget(rows)
+            self.history.reset(rows)
             for key in stale:
-                del self.labels[key]
-                del self.ids[series_id(self.name, key)]
                 self._accepts.pop(key, None)
         return events
 
@@ -313,6 +334,10 @@ class DetectorRuntime:
             alert=bool(a["alert"][row]),
             ended=bool(a["ended"][row]),
             last_seen=float(a["seen"][row]),
+            speaking=bool(self.gate.arrays["speaking"][row]),
+            quiet_reason=self.gate.reason(
+                row, bool(a["warming"][row]), float(self.engine.policy.arrays["interval"][row])
+            ),
         )
 
     def all_series(self) -> list[SeriesState]:
@@ -322,6 +347,10 @@ class DetectorRuntime:
     def warming_count(self) -> int:
         rows = list(self.engine.series.active().values())
         return int(self.latest.arrays["warming"][rows].sum()) if rows else 0
+
+    def quiet_count(self) -> int:
+        """Series that send no alert events yet (see :mod:`service.speaking`)."""
+        return self.gate.quiet_count(np.fromiter(self.engine.series.active().values(), dtype=np.int64))
 
     def checkpoint(self) -> Checkpoint:
         arrays = self.engine.state_dict()
@@ -356,8 +385,10 @@ class DetectorRuntime:
             self.engine = build_engine(self.spec.engine_config())
             self.latest = LatestResults()
             return False
-        self.labels = {key: parse_series_key(key) for key in self.engine.series.active()}
-        self.ids = {series_id(self.name, key): key for key in self.labels}
+        self.ids.rebuild()
+        rows = np.fromiter(self.engine.series.active().values(), dtype=np.int64)
+        self.gate.resize(len(self.engine.series))
+        self.gate.restore(rows, self.latest.arrays["t"][rows])
         self.last_eval = checkpoint.extra.get("last_eval")
         if "incidents" in checkpoint.extra:
             self.tracker.load_state_dict(checkpoint.extra["incidents"])

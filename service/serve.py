@@ -17,12 +17,24 @@ from service.web_config import WebConfig, load_web_config
 def describe(settings: ServiceSettings) -> list[str]:
     """What a valid configuration will do, one line per part."""
     lines = [f"store: {settings.store} (checkpoint every {settings.checkpoint_interval:g}s)"]
+    shard = settings.shard
+    if shard.count > 1:
+        labels = ", ".join(shard.labels)
+        lines.append(f"shard {shard.index} of {shard.count}: series whose hashmod({labels}) is {shard.index}")
     for spec in settings.detectors:
         if spec.source == "pull":
             source = f"pull {spec.query!r} every {spec.interval:g}s from {settings.prometheus.url}"
         else:
             source = f"remote_write series matching {spec.match or {}} {spec.match_re or {}}".rstrip()
         lines.append(f"detector {spec.name}: model {spec.model}, {source}")
+        spread = shard.spread(spec.alerting.group_by)
+        if spread:
+            lines.append(
+                f"warning: detector {spec.name} groups incidents by {spec.alerting.group_by} but the shards "
+                f"split series by {shard.labels}: one group's series can be on two shards, whose incidents "
+                f"then carry the same labels at Alertmanager; add {spread} to its alerting.group_by "
+                "(Alertmanager's own group_by still sends one notification for them)"
+            )
     lines.extend(f"sink {sink.name} ({sink.type})" for sink in settings.sinks)
     lines.extend(
         f"silence {', '.join(rule.matchers)} until {rule.ends_at.isoformat()}" for rule in settings.silences

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -37,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from detector.config import DetectorConfig, Duration, YamlDocument
 from detector.silences import MaintenanceWindow, Matcher, Silence
 from service.http_config import HTTPClientConfig, http_url
+from service.sharding import hashmod
 from service.sinks import SinkConfig
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_:.-]*$")
@@ -177,11 +179,153 @@ class RemoteWriteSettings(_Section):
     Requests are decoded as they arrive and scored together, one engine call
     per detector, once ``batch_samples`` samples are queued or the oldest
     queued request has waited ``batch_wait``; each is answered after that.
+    ``series_cache``: series whose labels the decoder remembers (about 300
+    bytes each, only for series seen); keep it above the series pushed, or
+    the rest are decoded again in every request.
     """
 
     max_bytes: Annotated[int, Field(gt=0)] = 32 << 20
     batch_samples: Annotated[int, Field(gt=0)] = 10_000
     batch_wait: Duration = 0.05
+    series_cache: Annotated[int, Field(gt=0)] = 1 << 21
+
+
+#: The per-series outputs: each scored sample's calibrated score, expected band and alert state.
+SCORE_METRICS = (
+    "anomaly_score",
+    "anomaly_expected",
+    "anomaly_expected_lower",
+    "anomaly_expected_upper",
+    "anomaly_alert_firing",
+)
+
+
+class MetricsOutputSettings(_Section):
+    """Which series ``/metrics`` shows scores and bands of (:data:`SCORE_METRICS`).
+
+    ``series: all`` shows every series while a detector has at most
+    ``max_series``; beyond that, and always with ``series: anomalous``, only
+    the series alerting or scoring as anomalous (at most ``max_series``, the
+    highest scores first).  A scrape costs about 100 bytes and 10 µs per series
+    line: at a million series it would be ~500 MB and outlast the scrape
+    interval, so send scores by ``outputs.remote_write`` instead.
+    """
+
+    series: Literal["all", "anomalous", "none"] = "all"
+    max_series: Annotated[int, Field(ge=0)] = 10_000
+
+
+class RemoteWriteOutputSettings(HTTPClientConfig):
+    """Send every live scored sample's :data:`SCORE_METRICS` to a remote_write receiver.
+
+    Prometheus (``--web.enable-remote-write-receiver``), Mimir, Thanos Receive,
+    VictoriaMetrics … receive remote write 1.0.  Samples leave in requests of
+    up to ``max_samples_per_send``; while the receiver is down or slow they
+    wait in a queue of at most ``queue_samples``, and when it is full the
+    oldest are dropped and counted (``anomaly_detector_output_samples_dropped_total``).
+    A request is retried with backoff after a 5xx, 429 or a network error, and
+    dropped (and counted) after any other 4xx, as Prometheus does.
+    """
+
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = 30.0
+    #: Added to every output series, as Prometheus's external_labels (an HA pair: ``replica: a``).
+    labels: dict[str, str] = Field(default_factory=dict)
+    metrics: Annotated[list[Literal[SCORE_METRICS]], Field(min_length=1)] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(SCORE_METRICS)
+    )
+    max_samples_per_send: Annotated[int, Field(gt=0)] = 5_000
+    queue_samples: Annotated[int, Field(gt=0)] = 5_000_000
+    min_backoff: Duration = 0.5
+    max_backoff: Duration = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return http_url(value, "url")
+
+    @field_validator("headers")
+    @classmethod
+    def _no_credentials(cls, headers: dict[str, str]) -> dict[str, str]:
+        return PrometheusSettings._no_credentials(headers)
+
+
+class OutputSettings(_Section):
+    """Where scores and bands go besides alerts: ``/metrics`` to be scraped, and remote_write."""
+
+    metrics: MetricsOutputSettings = MetricsOutputSettings()
+    remote_write: RemoteWriteOutputSettings | None = None
+
+    @field_validator("remote_write", mode="before")
+    @classmethod
+    def _unset_url(cls, value: object) -> object:
+        """``url: ${SCORES_URL:-}`` means no remote_write output while the variable is unset."""
+        return None if isinstance(value, dict) and value.get("url") in ("", None) else value
+
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+class ShardSettings(_Section):
+    """Which share of the series this instance owns: those whose ``hashmod`` over ``labels`` is ``index``.
+
+    ``labels`` must be the ``source_labels`` and ``count`` the ``modulus`` of
+    the ``hashmod`` rule in Prometheus's ``write_relabel_configs`` (the
+    separator is Prometheus's default ``;``), so that a series Prometheus sends
+    to shard *i* is one shard *i* owns (:mod:`service.sharding`).  The default,
+    one shard, owns every series.
+
+    The default ``labels``, ``instance`` and ``job``, keep a target's series
+    together, as Prometheus's own ``hashmod`` over ``__address__`` does for
+    scraping.  Incidents group series within a shard only: where a detector's
+    ``alerting.group_by`` lacks a shard label (:meth:`spread`), the series of
+    one group can be scored by two shards, whose incidents of several series
+    then carry the same labels at Alertmanager.
+
+    >>> shard = ShardSettings(index=1, count=2)
+    >>> shard.owns({"__name__": "up", "instance": "a:9100", "job": "node"})
+    False
+    >>> ShardSettings(index=2, count=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for ShardSettings
+      Value error, index 2 is not a shard of 2; indexes run from 0 to 1 ...
+    """
+
+    index: Annotated[int, Field(ge=0)] = 0
+    count: Annotated[int, Field(ge=1)] = 1
+    labels: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["instance", "job"])
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: list[str]) -> list[str]:
+        bad = [name for name in labels if not _LABEL_NAME.match(name)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: not a label name; use letters, digits and _")
+        return labels
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> ShardSettings:
+        if self.index >= self.count:
+            raise ValueError(
+                f"index {self.index} is not a shard of {self.count}; indexes run from 0 to {self.count - 1}"
+            )
+        return self
+
+    def owns(self, labels: Mapping[str, str]) -> bool:
+        """Whether the series with these labels is this shard's."""
+        return self.count == 1 or hashmod(labels, self.labels, self.count) == self.index
+
+    def spread(self, group_by: Sequence[str]) -> list[str]:
+        """The shard labels missing from ``group_by``: by them one incident group spans shards.
+
+        >>> ShardSettings(index=0, count=2).spread(["job"])
+        ['instance']
+        >>> ShardSettings().spread([])  # one shard: nothing spans shards
+        []
+        """
+        return [] if self.count == 1 else [name for name in self.labels if name not in group_by]
 
 
 class ServiceSettings(_Section):
@@ -192,21 +336,35 @@ class ServiceSettings(_Section):
     checkpoint_interval: Duration = 60.0
     external_url: str = "http://127.0.0.1:8080"
     remote_write: RemoteWriteSettings = RemoteWriteSettings()
+    shard: ShardSettings = ShardSettings()
     detectors: Annotated[list[DetectorSpec], Field(min_length=1)]
     sinks: list[SinkConfig] = Field(default_factory=list)
     silences: list[SilenceSettings] = Field(default_factory=list)
     history_points: Annotated[int, Field(ge=0)] = 240
+    #: Series per detector with plot history (6 KB each at 240 points): every series while there
+    #: are no more, beyond that the ones alerting, anomalous or looked at (service/history.py).
+    history_series: Annotated[int, Field(ge=1)] = 10_000
+    outputs: OutputSettings = OutputSettings()
     outbox_retention: Duration = 7 * 86400.0
     #: TLS and basic auth, in Prometheus's web config format (service/web_config.py); empty: none.
     web_config_file: Path | None = None
     #: Serve writes without credentials on a non-loopback address (the network protects them).
     unauthenticated_writes: bool = False
+    #: This replica's name in an HA pair (``a``, ``${HOSTNAME}`` …): sent in annotations, never
+    #: in labels, so the replicas' alerts stay identical and Alertmanager keeps one.  Empty: unnamed.
+    replica: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]*$", max_length=253)] = ""
 
     @field_validator("web_config_file", mode="before")
     @classmethod
     def _unset_web_config(cls, path: object) -> object:
         """``web_config_file: ${WEB_CONFIG:-}`` means none while the variable is unset."""
         return None if path == "" else path
+
+    @field_validator("replica", mode="before")
+    @classmethod
+    def _unset_replica(cls, name: object) -> object:
+        """``replica: ${REPLICA:-}`` (YAML null while the variable is unset) means unnamed."""
+        return "" if name is None else name
 
     @field_validator("sinks", mode="before")
     @classmethod

@@ -2,13 +2,15 @@
 
 Prometheus splits remote-write traffic between shards with ``write_relabel_configs``::
 
-    - source_labels: [__name__, instance, job]   # the shard's `labels`
+    - source_labels: [instance, job]              # the shard's `labels`
       modulus: 2                                  # the shard `count`
       target_label: __tmp_shard
       action: hashmod
     - source_labels: [__tmp_shard]
       regex: 0                                    # this queue's shard `index`
       action: keep
+    - regex: __tmp_shard                          # else it is sent and becomes part of
+      action: labeldrop                           # the series' identity
 
 ``hashmod`` joins the source label values with ``;`` (a missing label is the
 empty string), takes the MD5 digest of that text and reduces its last eight

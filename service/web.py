@@ -56,9 +56,11 @@ class PageRuntime(Protocol):
     spec: DetectorSpec
     engine: Engine
     latest: LatestResults
-    ids: dict[str, str]
     history: RecentHistory
     onsets: RecentOnsets
+
+    @property
+    def ids(self) -> Mapping[str, str]: ...
 
     @property
     def name(self) -> str: ...
@@ -401,14 +403,19 @@ def find_series(source: PageSource, wanted: str) -> tuple[PageRuntime, SeriesSta
 
 
 @router.get("/series/{series_id}", response_class=HTMLResponse)
-def series_page(series_id: str, request: Request, source: SourceDep) -> HTMLResponse:
+async def series_page(series_id: str, request: Request, source: SourceDep) -> HTMLResponse:
+    # On the event loop, like all engine work: a look gives the series plot history from now on.
     found = find_series(source, series_id)
     if found is None:
         return templates.TemplateResponse(
             request, "missing.html", {"now": source.clock(), "series_id": series_id}, status_code=404
         )
     runtime, state, row = found
-    points = runtime.history.series(row)
+    history = runtime.history
+    history.watch(row)
+    points = history.series(row)
+    tracked = len(runtime.engine.series)
+    limited = history.max_series is not None and tracked > history.max_series
     return templates.TemplateResponse(
         request,
         "series.html",
@@ -419,5 +426,12 @@ def series_page(series_id: str, request: Request, source: SourceDep) -> HTMLResp
             "points": len(points["t"]),
             "plot": series_plot(points),
             "alert": latest_alert(source.recent_alerts(SEARCHED_ALERTS), runtime.name, state.key),
+            "history_note": (
+                f"Plot history is kept for {history.max_series:,} of this detector's {tracked:,} series "
+                "(history_series): those alerting, anomalous or looked at. This series' plot starts "
+                "when it earned its place; earlier values are in Prometheus."
+            )
+            if limited
+            else None,
         },
     )

@@ -26,6 +26,12 @@ them, and a secret left at a placeholder such as ``change-me`` is refused.
 An ``alertmanager`` sink with ``urls`` sends every alert to each of them, one
 sink per Alertmanager named ``<name>.1``, ``<name>.2`` …, each retried on its own.
 
+The service's ``replica`` name, when set, says which replica of a pair sent a
+request: an Alertmanager annotation, a field of the webhook body, a PagerDuty
+custom detail, a line of the Slack message.  Never a label: an alert's
+identity must be the same from every replica, so that Alertmanager and
+PagerDuty keep one.
+
 >>> sinks = build_sinks([
 ...     {"type": "alertmanager", "url": "http://127.0.0.1:9093"},
 ...     {"type": "slack", "webhook_url": "https://hooks.slack.com/services/T0/B0/XXXX",
@@ -172,7 +178,8 @@ class Route:
 class RoutedSink:
     """What every sink shares: name, request timeout, :class:`Route` and ``http`` (credentials, TLS).
 
-    Subclasses set ``changes`` (paging sinks skip ``refreshed``) and add ``request``.
+    Subclasses set ``changes`` (paging sinks skip ``refreshed``) and add
+    ``request``; ``replica`` names the replica that sends (``""``: not said).
 
     >>> class Quiet(RoutedSink):
     ...     changes = PAGING_CHANGES
@@ -189,11 +196,13 @@ class RoutedSink:
         match_re: Mapping[str, str] | None,
         timeout: float,
         http: HTTPClientConfig | None = None,
+        replica: str = "",
     ) -> None:
         self.name = name
         self.timeout = float(timeout)
         self.route = Route(match, match_re, self.changes)
         self.http = http if http is not None else HTTPClientConfig()
+        self.replica = replica
 
     def wants(self, event: AlertEvent) -> bool:
         """Whether this sink takes the event (its change kind and labels)."""
@@ -539,8 +548,8 @@ def _parse(index: int, config: SinkConfig | Mapping[str, Any]) -> SinkConfig:
         raise ConfigError("\n".join(f"sinks[{index}]: {_describe(p)}" for p in error.errors())) from None
 
 
-def build_sinks(configs: Iterable[SinkConfig | Mapping[str, Any]]) -> list[Sink]:
-    """The sinks the configurations describe, in order.
+def build_sinks(configs: Iterable[SinkConfig | Mapping[str, Any]], replica: str = "") -> list[Sink]:
+    """The sinks the configurations describe, in order, each saying it was sent by ``replica``.
 
     Mappings are validated here; errors are one :class:`~detector.config.ConfigError`
     naming ``sinks[i]`` and the key.  Names must be unique: they key deliveries.
@@ -554,7 +563,7 @@ def build_sinks(configs: Iterable[SinkConfig | Mapping[str, Any]]) -> list[Sink]
     seen: dict[str, int] = {}
     for index, raw in enumerate(configs):
         config = _parse(index, raw)
-        for sink in _build(config):
+        for sink in _build(config, replica):
             if sink.name in seen:
                 raise ConfigError(
                     f"sinks[{index}]: name {sink.name!r} is already used by sinks[{seen[sink.name]}]; "
@@ -565,13 +574,14 @@ def build_sinks(configs: Iterable[SinkConfig | Mapping[str, Any]]) -> list[Sink]
     return sinks
 
 
-def _build(config: SinkConfig) -> list[Sink]:
+def _build(config: SinkConfig, replica: str) -> list[Sink]:
     common: dict[str, Any] = {
         "name": config.name,
         "match": config.match,
         "match_re": config.match_re,
         "timeout": config.timeout,
         "http": config,
+        "replica": replica,
     }
     if isinstance(config, AlertmanagerConfig):
         urls = config.addresses()

@@ -61,7 +61,7 @@ def alert_labels(event: AlertEvent) -> dict[str, str]:
     return labels
 
 
-def alert_annotations(event: AlertEvent) -> dict[str, str]:
+def alert_annotations(event: AlertEvent, replica: str = "") -> dict[str, str]:
     """Everything about the event that may change between updates, as strings.
 
     >>> from service.sinks import example_event
@@ -70,7 +70,8 @@ def alert_annotations(event: AlertEvent) -> dict[str, str]:
     ('950', '[300, 500]', '0.999998')
 
     ``resolution`` (why a resolved incident resolved, when not the ordinary
-    way) and ``late_by`` (how late the data arrived) appear only when set:
+    way), ``late_by`` (how late the data arrived) and ``replica`` (which
+    replica sent it) appear only when set:
 
     >>> late = alert_annotations(example_event(late_by=7500.0))
     >>> late["late_by"], "resolution" in late
@@ -78,6 +79,8 @@ def alert_annotations(event: AlertEvent) -> dict[str, str]:
     >>> alert_annotations(example_event(status="resolved", change="resolved",
     ...                                 resolution="accepted as the new normal after 2h"))["resolution"]
     'accepted as the new normal after 2h'
+    >>> alert_annotations(example_event(), replica="detector-b")["replica"]
+    'detector-b'
     """
     top = event.top
     annotations = {
@@ -95,6 +98,7 @@ def alert_annotations(event: AlertEvent) -> dict[str, str]:
         "since": rfc3339(top.started_at),
         "model": top.model + (" (warming up)" if top.warming else ""),
         "resolution": event.resolution,
+        "replica": replica,
     }
     if event.late_by > 0:
         annotations["late_by"] = format_duration(event.late_by)
@@ -134,6 +138,8 @@ class AlertmanagerSink(RoutedSink):
         Seconds allowed for one request.
     http
         Credentials and TLS for the requests (Prometheus's ``http_config``).
+    replica
+        The sending replica's name, as the ``replica`` annotation (never a label); ``""``: left out.
 
     Examples
     --------
@@ -161,12 +167,13 @@ class AlertmanagerSink(RoutedSink):
         match_re: Mapping[str, str] | None = None,
         timeout: float = 10.0,
         http: HTTPClientConfig | None = None,
+        replica: str = "",
     ) -> None:
         if lease <= 0:
             raise ValueError(f"lease {lease!r} must be positive; use about three refresh intervals")
         self.url = url
         self.lease = float(lease)
-        super().__init__(name, match, match_re, timeout, http)
+        super().__init__(name, match, match_re, timeout, http, replica)
         self._endpoint = url.rstrip("/") + "/api/v2/alerts"
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
@@ -176,7 +183,7 @@ class AlertmanagerSink(RoutedSink):
             ends_at = event.updated_at + self.lease
         alert: dict[str, object] = {
             "labels": alert_labels(event),
-            "annotations": alert_annotations(event),
+            "annotations": alert_annotations(event, self.replica),
             # Alertmanager refuses an alert that ends before it starts.
             "startsAt": rfc3339(min(event.opened_at, ends_at)),
             "endsAt": rfc3339(ends_at),

@@ -100,6 +100,8 @@ class PagerDutySink(RoutedSink):
         Seconds allowed for one request.
     http
         Credentials and TLS for the requests (Prometheus's ``http_config``).
+    replica
+        The sending replica's name, as a ``custom_details`` entry of triggers; ``""``: left out.
 
     Examples
     --------
@@ -129,6 +131,7 @@ class PagerDutySink(RoutedSink):
         match_re: Mapping[str, str] | None = None,
         timeout: float = 10.0,
         http: HTTPClientConfig | None = None,
+        replica: str = "",
     ) -> None:
         check_secret(routing_key, "routing_key", _ROUTING_KEY_ADVICE)
         if severity not in ("critical", "error", "warning", "info"):
@@ -136,7 +139,7 @@ class PagerDutySink(RoutedSink):
         self.routing_key = routing_key
         self.url = url
         self.severity = severity
-        super().__init__(name, match, match_re, timeout, http)
+        super().__init__(name, match, match_re, timeout, http, replica)
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
         """A ``trigger`` for a firing event, a ``resolve`` for a resolved one."""
@@ -175,6 +178,8 @@ class PagerDutySink(RoutedSink):
         }
         if event.late_by > 0:
             payload["custom_details"]["late_by"] = format_duration(event.late_by)
+        if self.replica:
+            payload["custom_details"]["replica"] = self.replica
         component = top.labels.get("__name__")
         if component:
             payload["component"] = component

@@ -77,8 +77,8 @@ def fallback_text(event: AlertEvent) -> str:
     return f"[FIRING] {escape(event.summary)} — observed {observed}, expected {format_band(top)}"
 
 
-def blocks(event: AlertEvent) -> list[dict[str, Any]]:
-    """The Block Kit layout of the message.
+def blocks(event: AlertEvent, replica: str = "") -> list[dict[str, Any]]:
+    """The Block Kit layout of the message; the last line names the sending ``replica``, if given.
 
     >>> from service.sinks import example_event
     >>> [block["type"] for block in blocks(example_event())]
@@ -150,6 +150,8 @@ def blocks(event: AlertEvent) -> list[dict[str, Any]]:
     context = f"incident `{escape(event.incident_id)}` · event {event.sequence} · model {escape(top.model)}"
     if event.correlated:
         context += " · related: " + ", ".join(f"`{escape(i)}`" for i in event.correlated)
+    if replica:
+        context += f" · sent by replica `{escape(replica)}`"
     layout.append({"type": "context", "elements": [_mrkdwn(context)]})
     return layout
 
@@ -169,6 +171,8 @@ class SlackSink(RoutedSink):
         Seconds allowed for one request.
     http
         Credentials and TLS for the requests (Prometheus's ``http_config``).
+    replica
+        The sending replica's name, in the message's last line; ``""``: left out.
 
     Examples
     --------
@@ -195,13 +199,14 @@ class SlackSink(RoutedSink):
         match_re: Mapping[str, str] | None = None,
         timeout: float = 10.0,
         http: HTTPClientConfig | None = None,
+        replica: str = "",
     ) -> None:
         self.webhook_url = webhook_url
-        super().__init__(name, match, match_re, timeout, http)
+        super().__init__(name, match, match_re, timeout, http, replica)
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
         """The message as an incoming-webhook POST."""
-        message = {"text": fallback_text(event), "blocks": blocks(event)}
+        message = {"text": fallback_text(event), "blocks": blocks(event, self.replica)}
         return OutgoingRequest(
             method="POST",
             url=self.webhook_url,

@@ -5,7 +5,9 @@ field of :class:`~detector.alerts.AlertEvent`, among them ``resolution`` (why a
 resolved incident resolved; ``""`` for the ordinary return to the band) and
 ``late_by`` (seconds the onset data arrived late; ``0.0`` when on time).  A
 receiver should read a missing field as that default: older versions of the
-detector do not send them.  Two headers come with it:
+detector do not send them.  When the service's ``replica`` is set, the body
+also says ``"replica": <name>``; the event is the same from every replica of
+a pair.  Two headers come with it:
 
 ``X-Delivery-Id``
     Stable across retries; a receiver that has seen it can answer 2xx and do nothing.
@@ -93,6 +95,8 @@ class WebhookSink(RoutedSink):
         Seconds allowed for one request.
     http
         Credentials and TLS for the requests (Prometheus's ``http_config``).
+    replica
+        The sending replica's name, as the body's ``replica`` field; ``""``: left out.
     clock
         Unix time for the signature; each attempt is signed when it is built.
 
@@ -122,16 +126,20 @@ class WebhookSink(RoutedSink):
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
         http: HTTPClientConfig | None = None,
+        replica: str = "",
     ) -> None:
         check_secret(secret, "secret", _SECRET_ADVICE)
         self.url = url
         self.secret = secret
         self.clock = clock
-        super().__init__(name, match, match_re, timeout, http)
+        super().__init__(name, match, match_re, timeout, http, replica)
 
     def request(self, event: AlertEvent, delivery_id: str) -> OutgoingRequest:
         """The signed POST, signed now."""
-        body = json_bytes({"delivery_id": delivery_id, "event": event.to_dict()})
+        data: dict[str, object] = {"delivery_id": delivery_id, "event": event.to_dict()}
+        if self.replica:
+            data["replica"] = self.replica
+        body = json_bytes(data)
         return OutgoingRequest(
             method="POST",
             url=self.url,

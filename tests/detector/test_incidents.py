@@ -232,3 +232,61 @@ def test_events_carry_text_and_links() -> None:
     )
     assert "p = 1e-07 (score 0.9999999)" in event.description
     assert "graph: http://prometheus/graph?g0.expr=b" in event.description
+
+
+def _restored(script: list[tuple[float, dict[str, float]]]) -> IncidentTracker:
+    """A tracker restored from a checkpoint of one that saw ``script``."""
+    before = _tracker()
+    for t, alert in script:
+        _observe(before, t, alert)
+    after = _tracker()
+    after.load_state_dict(json.loads(json.dumps(before.state_dict())))
+    return after
+
+
+def _observe_only(tracker: IncidentTracker, t: float, key: str, alerting: bool) -> list[AlertEvent]:
+    """One point of one series: alerting since 0, or back to normal."""
+    one = {
+        "anomaly_score": np.array([0.9]), "p_value": np.array([1e-6 if alerting else 0.5]),
+        "deviation": np.array([8.0]), "expected": np.array([100.0]), "lower": np.array([90.0]),
+        "upper": np.array([110.0]), "warming": np.zeros(1, bool), "alert": np.array([alerting]),
+        "onset": np.zeros(1, bool), "decided": np.ones(1, bool), "accepted": np.zeros(1, bool),
+        "since": np.array([0.0 if alerting else np.nan]), "lowest_p": np.array([1e-6]),
+        "alert_sign": np.array([1 if alerting else 0], np.int8), "interval": np.array([60.0]),
+    }  # fmt: skip
+    return tracker.observe(t, [key], LABELS, np.array([t]), np.array([150.0]), ScoredBatch(**one), "auto")
+
+
+def test_a_restored_incident_is_neither_refreshed_nor_resolved_until_one_of_its_series_is_seen() -> None:
+    tracker = _restored([(0.0, {"a": 0.0})])
+    assert tracker.unconfirmed == tracker.open_incidents
+    # Another group's series comes and goes: the restored incident is not refreshed meanwhile.
+    assert _observe_only(tracker, 600.0, "d", alerting=False) == []
+    # Its series is seen still alerting: confirmed, and refreshed from then on.
+    assert [e.change for e in _observe_only(tracker, 660.0, "a", alerting=True)] == ["refreshed"]
+    assert tracker.unconfirmed == []
+    assert [(e.change, e.resolved_at) for e in _observe_only(tracker, 720.0, "a", alerting=False)] == [
+        ("resolved", 720.0)
+    ]
+
+
+def test_restored_alerts_that_are_not_this_trackers_to_resolve_end_silently() -> None:
+    tracker = _restored([(0.0, {"a": 0.0, "d": 0.0})])
+    assert tracker.forget(["a"], now=900.0) == [], "a series gone while unconfirmed says nothing"
+    tracker.withdraw(["d"])
+    assert tracker.open_incidents == [] and tracker.firing_keys == []
+
+
+def test_a_confirmed_series_that_stops_reporting_resolves_at_its_last_sample() -> None:
+    tracker = _tracker()
+    _observe(tracker, 0.0, {"a": 0.0})
+    [event] = tracker.forget(["a"], now=900.0, last_seen={"a": 240.0})
+    assert (event.change, event.resolved_at, event.updated_at) == ("resolved", 240.0, 900.0)
+
+
+def test_a_restored_incident_numbers_its_events_after_those_already_sent() -> None:
+    tracker = _restored([(0.0, {"a": 0.0})])
+    [incident] = tracker.open_incidents
+    tracker.continue_sequences({incident: 7, "another": 40})
+    [event] = _observe_only(tracker, 600.0, "a", alerting=False)
+    assert (event.change, event.sequence) == ("resolved", 8)

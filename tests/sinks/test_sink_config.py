@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -194,3 +195,34 @@ def test_public_surface() -> None:
         "rfc3339",
         "verify_signature",
     ]
+
+
+def test_the_replica_name_goes_to_every_sink_but_never_into_an_identity() -> None:
+    configs = [
+        {"type": "alertmanager", "urls": ["http://127.0.0.1:9093", "http://127.0.0.1:9094"]},
+        *CONFIGS[1:],
+    ]
+    event = example_event()
+    bodies = {}
+    for replica in ("a", "b"):
+        sinks = build_sinks(configs, replica=replica)
+        assert [sink.replica for sink in sinks] == [replica] * 5  # type: ignore[attr-defined]
+        bodies[replica] = [json.loads(sink.request(event, "api-1/1/x").body) for sink in sinks]
+    for number in (0, 1):  # each Alertmanager of the cluster
+        one, other = bodies["a"][number][0], bodies["b"][number][0]
+        assert one["labels"] == other["labels"] and one["startsAt"] == other["startsAt"]
+        assert (one["annotations"]["replica"], other["annotations"]["replica"]) == ("a", "b")
+    pagerduty, slack, webhook = bodies["a"][2:]
+    assert pagerduty["dedup_key"] == bodies["b"][2]["dedup_key"]
+    assert pagerduty["payload"]["custom_details"]["replica"] == "a"
+    assert "sent by replica `a`" in slack["blocks"][-1]["elements"][0]["text"]
+    assert (webhook["replica"], webhook["event"]) == ("a", bodies["b"][4]["event"])
+
+
+def test_an_unnamed_replica_adds_nothing() -> None:
+    alertmanager, pagerduty, slack, webhook = build_sinks(CONFIGS)
+    event = example_event()
+    assert "replica" not in json.loads(alertmanager.request(event, "x").body)[0]["annotations"]
+    assert "replica" not in json.loads(pagerduty.request(event, "x").body)["payload"]["custom_details"]
+    assert "replica" not in json.loads(slack.request(event, "x").body)["blocks"][-1]["elements"][0]["text"]
+    assert "replica" not in json.loads(webhook.request(event, "x").body)

@@ -69,3 +69,32 @@ def test_costs_about_25_bytes_a_point() -> None:
     assert RecentHistory().nbytes_per_series() == 240 * 25 + 8
     with pytest.raises(ValueError, match="at least one point"):
         RecentHistory(capacity=0)
+
+
+def test_beyond_max_series_slots_go_to_series_that_alert_or_are_looked_at(engine: Engine) -> None:
+    history = RecentHistory(capacity=50, max_series=2)
+    keys = ["a", "b", "c"]
+    rng = np.random.default_rng(5)
+    for step in range(40):  # a and b take the two slots; c has none
+        _record(history, engine, keys, np.full(3, float(step)), rng.normal(10.0, 1.0, 3))
+    assert [len(history.series(row)["t"]) for row in range(3)] == [40, 40, 0]
+    assert history.kept == 2
+    for step in range(40, 46):  # c spikes: it takes the slot earned longest ago
+        _record(history, engine, keys, np.full(3, float(step)), np.array([10.0, 10.0, 90.0]))
+    kept = history.series(2)
+    assert len(kept["t"]) >= 1 and kept["score"][0] >= 0.999
+    assert [len(history.series(row)["t"]) for row in range(2)].count(0) == 1
+    # Looking at a series gives it a slot: the one earned longest ago (c's is newer, and alerting).
+    looked = next(row for row in range(2) if len(history.series(row)["t"]) == 0)
+    history.watch(looked)
+    assert len(history.series(2)["t"]) > 0 and history.kept == 2
+    _record(history, engine, keys, np.full(3, 46.0), np.array([10.0, 10.0, 90.0]))
+    assert history.series(looked)["t"].tolist() == [46.0]
+
+
+def test_reset_frees_the_slot_for_another_series(engine: Engine) -> None:
+    history = RecentHistory(capacity=5, max_series=1)
+    _record(history, engine, ["a"], np.zeros(1), np.ones(1))
+    history.reset(np.array([0]))
+    _record(history, engine, ["b"], np.ones(1), np.ones(1))
+    assert history.kept == 1 and len(history.series(1)["t"]) == 1
