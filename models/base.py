@@ -131,7 +131,9 @@ class ArrayState:
         old = self.n_series
         if n_series <= old:
             return
-        capacity = max(n_series, 2 * old)
+        # A quarter more, not double: at a million series each spare row costs ~2 KB of resident
+        # memory (np.full writes every page), against five copies per row instead of two while growing.
+        capacity = max(n_series, old + old // 4)
         for name, (dtype, shape, initial) in self.field_specs().items():
             grown = np.full((capacity, *shape), initial, dtype=dtype)
             grown[:old] = self.arrays[name][:old]
