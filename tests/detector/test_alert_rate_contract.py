@@ -70,18 +70,9 @@ CASES = [(kind, 1) for kind in KINDS] + [(kind, 4) for kind in REPEATED]
 BUDGETS: dict[str, float | None] = {"per-series-1-a-week": None, "per-detector-3-a-day": 0.03}
 #: Known gaps, measured: each fails the contract, and the mark says why (strict: it must keep failing).
 KNOWN_GAPS = {
-    ("memory_bytes", 1, "per-series-1-a-week"): (
-        "2.1x: slow drift under a model frozen while an alert is open: an alert on drift lasts until the "
-        "shift is accepted (accept_shift_after, 2h), then the drift carries on and alerts again "
-        "(measured: 1.5x with accept_shift_after 0, which leaves such alerts open for good)"
-    ),
     ("memory_bytes", 1, "per-detector-3-a-day"): (
-        "2.4x: the GC sawtooth runs slower at weekends (less load); with a week of calibration memory "
+        "2.08x: the GC sawtooth runs slower at weekends (less load); with a week of calibration memory "
         "(10,000 points at 1 min) each weekend looks new again, and at a strict budget its alerts dominate"
-    ),
-    ("ar1_phi09", 4, "per-detector-3-a-day"): (
-        "2.00004x: at the edge (the same samples seen once: 1.71x); at 0.03 alerts per series-day the "
-        "level sits where a few hundred episodes per series say little, and errors in it add alerts"
     ),
 }
 
