@@ -155,7 +155,14 @@ class RobustQuantile(ArrayState):
     def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
         self.arrays["median"][ids] += shift
 
-    def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
+    def learn(
+        self,
+        ids: np.ndarray,
+        t: np.ndarray,
+        x: np.ndarray,
+        weight: np.ndarray,
+        seen: np.ndarray | None = None,
+    ) -> None:
         a = self.arrays
         seen = a["seen"][ids]
         median, mad, off, size = a["median"][ids], a["mad"][ids], a["off"][ids], a["size"][ids]
