@@ -7,7 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from models.base import Assessment, learning_rate
+from models.base import (
+    Assessment,
+    Mask,
+    learning_rate,
+)
 from models.ewma import RobustEWMA
 from models.patterns import PatternStatistics
 from models.routine import STANDS_OUT, DailyRoutine
@@ -115,15 +119,16 @@ class AutoModel:
         self._own_specs: dict[str, tuple[type, float]] = {
             "error_flat": (np.float64, 0.0),
             "error_seasonal": (np.float64, 0.0),
-            "error_routine": (np.float64, 0.0),
-            "error_usual": (np.float64, 0.0),
             "mean_deviation": (np.float64, 0.0),
             "run": (np.int32, 0),
             "run_sum": (np.float64, 0.0),
         }
-        self.own: dict[str, np.ndarray] = {
-            name: np.zeros(0, dtype=dtype) for name, (dtype, _) in self._own_specs.items()
-        }
+        if routine:
+            # The routine's error and the usual choice's, both over about a day (see _learn_kernel).
+            self._own_specs.update({"error_routine": (np.float64, 0.0), "error_usual": (np.float64, 0.0)})
+        # Without a routine its errors are never read: empty arrays keep the kernels' signature.
+        self.own: dict[str, np.ndarray] = {"error_routine": np.zeros(0), "error_usual": np.zeros(0)}
+        self.own.update({name: np.zeros(0, dtype=dtype) for name, (dtype, _) in self._own_specs.items()})
         self._last: _Assessed | None = None
 
     @property
@@ -166,9 +171,7 @@ class AutoModel:
         pattern = None
         if self._patterns is not None:
             routine = assessed.forecasts[_ROUTINE].expected if self._routine is not None else None
-            pattern = self._patterns.assess(
-                ids, t, x, assessed.point, assessed.scale, assessed.shortfall, routine
-            )
+            pattern = self._patterns.assess(ids, t, x, assessed.point, assessed.shortfall, routine)
         return Assessment(assessed.expected, assessed.scale, assessed.deviation, flat.warming, pattern)
 
     def _assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> _Assessed:
@@ -233,12 +236,7 @@ class AutoModel:
             self.own[name][ids] = 0
 
     def learn(
-        self,
-        ids: np.ndarray,
-        t: np.ndarray,
-        x: np.ndarray,
-        weight: np.ndarray,
-        seen: np.ndarray | None = None,
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
     ) -> None:
         assessed = self._assessed(ids, t, x)
         forecasts = assessed.forecasts
@@ -275,7 +273,7 @@ class AutoModel:
         )
         for part in self._parts().values():
             if isinstance(part, PatternStatistics):
-                part.learn(ids, t, x, assessed.point, assessed.scale, weight, seen, assessed.shortfall)
+                part.learn(ids, t, x, assessed.point, weight, seen, assessed.shortfall)
             elif isinstance(part, DailyRoutine):
                 part.learn(ids, t, x, weight, seen)
             else:
@@ -287,7 +285,7 @@ class AutoModel:
             for prefix, part in self._parts().items()
             for name, value in part.state_dict().items()
         }
-        state.update({k: v.copy() for k, v in self.own.items()})
+        state.update({name: self.own[name].copy() for name in self._own_specs})
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:

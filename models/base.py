@@ -34,6 +34,8 @@ FloatArray = np.ndarray
 #: name -> (dtype, trailing shape, initial value) of each per-series array.
 FieldSpecs = dict[str, tuple[type, tuple[int, ...], float]]
 IdArray = np.ndarray
+#: One boolean per point of a batch.
+Mask = np.ndarray
 
 #: Smallest scale any model reports, so a perfectly flat series still yields
 #: finite deviations (a change on it is then very large, which is right).
@@ -119,7 +121,7 @@ class OnlineModel(Protocol):
         """Return these series to cold state."""
 
     def learn(
-        self, ids: IdArray, t: FloatArray, x: FloatArray, weight: FloatArray, seen: np.ndarray | None = None
+        self, ids: IdArray, t: FloatArray, x: FloatArray, weight: FloatArray, seen: Mask | None = None
     ) -> None:
         """Update each series with its point, each weighted in [0, 1].
 
@@ -222,6 +224,11 @@ class ArrayState:
             int(np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64)))
             for dtype, shape, _ in self.field_specs().values()
         )
+
+
+def as_floats(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each array as float64, what the compiled kernels take (no copy when it already is)."""
+    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
 
 
 def learning_rate(halflife: float) -> float:

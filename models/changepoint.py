@@ -11,6 +11,7 @@ from models.base import (
     ArrayState,
     Assessment,
     FieldSpecs,
+    Mask,
     learning_rate,
     scale_floor,
     warmup_rate,
@@ -172,12 +173,7 @@ class LevelShift(ArrayState):
             self.arrays[name][ids] = 0.0
 
     def learn(
-        self,
-        ids: np.ndarray,
-        t: np.ndarray,
-        x: np.ndarray,
-        weight: np.ndarray,
-        seen: np.ndarray | None = None,
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
     ) -> None:
         a = self.arrays
         seen = a["seen"][ids]

@@ -13,6 +13,7 @@ from models.base import (
     ArrayState,
     Assessment,
     FieldSpecs,
+    Mask,
     learning_rate,
 )
 
@@ -87,12 +88,7 @@ class RobustEWMA(ArrayState):
         self.arrays["level"][ids] += shift
 
     def learn(
-        self,
-        ids: np.ndarray,
-        t: np.ndarray,
-        x: np.ndarray,
-        weight: np.ndarray,
-        seen: np.ndarray | None = None,
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
     ) -> None:
         _learn_kernel(
             self.arrays["level"],

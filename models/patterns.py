@@ -55,6 +55,8 @@ once before it can be ordinary.
 from __future__ import annotations
 
 import math
+from collections import namedtuple
+from typing import ClassVar
 
 import numpy as np
 from numba import njit
@@ -67,6 +69,7 @@ from models.base import (
     ArrayState,
     FieldSpecs,
     Pattern,
+    as_floats,
     learning_rate,
 )
 
@@ -116,15 +119,42 @@ _SPREAD = (1.1, 1.2, 16, 1.0, True, 2.0 / learning_rate(SPREAD_HALFLIFE))
 _OFFSETS = (0, _FLAT[2], _FLAT[2] + _ROUTINE[2], _FLAT[2] + _ROUTINE[2] + _SPIKES[2])
 _THRESHOLDS = _OFFSETS[3] + _SPREAD[2]
 
+#: Each series' state: the present (the run, the recent windows) and what is learned of the past.
+_FIELDS: FieldSpecs = {
+    "anchor": (np.float64, (), np.nan),
+    "last_x": (np.float64, (), np.nan),
+    "step": (np.float32, (), 0.0),
+    "unchanged": (np.float32, (), 0.0),
+    "run_start": (np.float64, (), np.nan),
+    "run": (np.float32, (), 0.0),
+    "longest": (np.float32, (), 0.0),
+    "shortfall": (np.float32, (), 0.0),
+    "spike_count": (np.float32, (), 0.0),
+    "spike_level": (np.float32, (), SPIKE_Z),
+    "spiking": (np.bool_, (), False),
+    "spike_rate": (np.float32, (), 0.0),
+    "spread_mean": (np.float32, (), 0.0),
+    "spread_short": (np.float32, (), np.nan),
+    "spread_long": (np.float32, (), np.nan),
+    "unit": (np.float64, (), 1.0),
+    "total": (np.float64, (), 0.0),
+    "first_t": (np.float64, (), np.nan),
+    "counts": (np.float32, (_THRESHOLDS,), 0.0),
+    "pending": (np.float32, (_THRESHOLDS,), 0.0),
+    "peak": (np.float32, (3,), 1.0),
+}
+#: The state as the compiled kernels take it: one argument, each array by name.
+_State = namedtuple("_State", list(_FIELDS))  # type: ignore[misc]
+
 
 class PatternStatistics(ArrayState):
     """Flat runs, a daily routine's shortfall, spike rate and spread, each against the series' own past.
 
-    Not a forecaster: it reads the point deviations and scales of one (its
-    caller's) and, for the routine, the deviations of a
+    Not a forecaster: it reads the point deviations of one (its caller's)
+    and, for the routine, the shortfall from a
     :class:`models.routine.DailyRoutine`, and reports a
-    :class:`models.base.Pattern`.  :class:`models.auto.AutoModel` runs one by
-    default.
+    :class:`models.base.Pattern`.  :class:`models.auto.AutoModel` runs one
+    when opted in (``patterns=True``).
 
     Parameters
     ----------
@@ -142,10 +172,10 @@ class PatternStatistics(ArrayState):
     >>> ids, rng = np.array([0]), np.random.default_rng(0)
     >>> for step in range(3000):
     ...     t, x = np.array([60.0 * step]), np.array([500 + rng.normal(0, 5) if step < 2950 else 512.0])
-    ...     deviation, scale = (x - 500) / 5, np.array([5.0])
-    ...     pattern = stats.assess(ids, t, x, deviation, scale)
+    ...     deviation = (x - 500) / 5
+    ...     pattern = stats.assess(ids, t, x, deviation)
     ...     weight = np.ones(1) if step < 2950 else np.zeros(1)  # flagged: not learned, but seen
-    ...     stats.learn(ids, t, x, deviation, scale, weight, np.ones(1, bool))
+    ...     stats.learn(ids, t, x, deviation, weight, np.ones(1, bool))
     >>> PATTERN_KINDS[int(pattern.kind[0])], float(pattern.seen[0]) / 60, bool(pattern.deviation[0] < -5)
     ('flat', 49.0, True)
     """
@@ -160,30 +190,7 @@ class PatternStatistics(ArrayState):
         super().__init__()
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def field_specs(self) -> FieldSpecs:
-        return {
-            "anchor": (np.float64, (), np.nan),
-            "last_x": (np.float64, (), np.nan),
-            "step": (np.float32, (), 0.0),
-            "unchanged": (np.float32, (), 0.0),
-            "run_start": (np.float64, (), np.nan),
-            "run": (np.float32, (), 0.0),
-            "longest": (np.float32, (), 0.0),
-            "shortfall": (np.float32, (), 0.0),
-            "spike_count": (np.float32, (), 0.0),
-            "spike_level": (np.float32, (), SPIKE_Z),
-            "spiking": (np.bool_, (), False),
-            "spike_rate": (np.float32, (), 0.0),
-            "spread_mean": (np.float32, (), 0.0),
-            "spread_short": (np.float32, (), np.nan),
-            "spread_long": (np.float32, (), np.nan),
-            "unit": (np.float64, (), 1.0),
-            "total": (np.float64, (), 0.0),
-            "first_t": (np.float64, (), np.nan),
-            "counts": (np.float32, (_THRESHOLDS,), 0.0),
-            "pending": (np.float32, (_THRESHOLDS,), 0.0),
-            "peak": (np.float32, (3,), 1.0),
-        }
+    fields: ClassVar[FieldSpecs] = _FIELDS
 
     def _settings(self) -> tuple[bool, bool, bool, bool, float]:
         watched = (self.flat, self.routine, self.spikes, self.spread)
@@ -195,7 +202,6 @@ class PatternStatistics(ArrayState):
         t: np.ndarray,
         x: np.ndarray,
         deviation: np.ndarray,
-        scale: np.ndarray,
         shortfall: np.ndarray | None = None,
         routine: np.ndarray | None = None,
     ) -> Pattern:
@@ -209,9 +215,9 @@ class PatternStatistics(ArrayState):
         shortfall = np.zeros(n) if shortfall is None else shortfall
         routine = np.full(n, np.nan) if routine is None else routine
         z, kind, seen, usual, found = _assess_kernel(
-            *self._state(),
+            self._state(),
             np.asarray(ids, dtype=np.int64),
-            *_floats(t, x, deviation, scale, shortfall, routine),
+            *as_floats(t, x, deviation, shortfall, routine),
             self._settings(),
         )
         # The engine learns a batch right after assessing it, with nothing learned in between:
@@ -225,7 +231,6 @@ class PatternStatistics(ArrayState):
         t: np.ndarray,
         x: np.ndarray,
         deviation: np.ndarray,
-        scale: np.ndarray,
         weight: np.ndarray,
         seen: np.ndarray,
         shortfall: np.ndarray | None = None,
@@ -235,9 +240,9 @@ class PatternStatistics(ArrayState):
         last, self._last = self._last, None
         same = last is not None and last[0] is ids and last[1] is t and last[2] is x
         _learn_kernel(
-            *self._state(),
+            self._state(),
             np.asarray(ids, dtype=np.int64),
-            *_floats(t, x, deviation, scale, shortfall, weight),
+            *as_floats(t, x, deviation, shortfall, weight),
             np.asarray(seen, dtype=np.bool_),
             last[3] if same and last is not None else np.zeros((0, 5)),
             self._settings(),
@@ -263,18 +268,14 @@ class PatternStatistics(ArrayState):
         self.arrays["pending"][ids] = 0.0
         self.arrays["peak"][ids] = 1.0
 
-    def _state(self) -> tuple[np.ndarray, ...]:
-        return tuple(self.arrays[name] for name in self.field_specs())
+    def _state(self) -> _State:
+        return _State(**self.arrays)
 
     def __repr__(self) -> str:
         return (
             f"PatternStatistics(flat={self.flat}, routine={self.routine}, spikes={self.spikes}, "
             f"spread={self.spread})"
         )
-
-
-def _floats(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
 
 
 @njit(cache=True)
@@ -434,45 +435,29 @@ _KEEP = 1.0 - 1.0 / MEMORY
 
 
 @njit(cache=True)
-def _present(  # type: ignore[no-untyped-def]
-    anchor,
-    step,
-    run,
-    shortfall,
-    spike_count,
-    spike_level,
-    spiking,
-    spread_mean,
-    spread_short,
-    row,
-    x,
-    deviation,
-    short,
-):
+def _present(s, row, x, deviation, short):  # type: ignore[no-untyped-def]
     """Run length, routine shortfall, spike count, recent mean deviation and spread, this point included."""
     # Up to 1: a count the engine dithers moves by less than 1 when it does not change.
-    tolerance = max(min(FLAT_TOLERANCE * step[row], 1.0), 1e-9 * max(1.0, abs(x)))
-    length = run[row] + 1.0 if abs(x - anchor[row]) <= tolerance else 1.0
-    missing = shortfall[row] + _ROUTINE_RATE * (short - shortfall[row])
-    spikes = spike_count[row] * _SPIKE_KEEP + (
-        1.0 if abs(deviation) > spike_level[row] and not spiking[row] else 0.0
+    tolerance = max(min(FLAT_TOLERANCE * s.step[row], 1.0), 1e-9 * max(1.0, abs(x)))
+    length = s.run[row] + 1.0 if abs(x - s.anchor[row]) <= tolerance else 1.0
+    missing = s.shortfall[row] + _ROUTINE_RATE * (short - s.shortfall[row])
+    spikes = s.spike_count[row] * _SPIKE_KEEP + (
+        1.0 if abs(deviation) > s.spike_level[row] and not s.spiking[row] else 0.0
     )
     clipped = min(max(deviation, -CLIP), CLIP)
-    size = abs(clipped - spread_mean[row])
-    previous = spread_short[row]
+    size = abs(clipped - s.spread_mean[row])
+    previous = s.spread_short[row]
     spread = size if np.isnan(previous) else previous + _SPREAD_RATE * (size - previous)
-    mean = spread_mean[row] + _SPREAD_RATE * (clipped - spread_mean[row])
+    mean = s.spread_mean[row] + _SPREAD_RATE * (clipped - s.spread_mean[row])
     return length, missing, spikes, mean, spread
 
 
 @njit(cache=True)
-def _tails(
-    counts, total, unit, unchanged, spike_rate, spread_long, row, length, missing, spikes, spread, settings
-):  # type: ignore[no-untyped-def]
+def _tails(s, row, length, missing, spikes, spread, settings):  # type: ignore[no-untyped-def]
     """The flat, routine, spike and spread tails of a series now (1 if not watched), and the spread ratio."""
     watch_flat, watch_routine, watch_spikes, watch_spread = settings[0], settings[1], settings[2], settings[3]
-    n_row, u = total[row], unit[row]
-    busy = watch_flat and unchanged[row] <= FLAT_BUSY
+    counts, n_row, u = s.counts, s.total[row], s.unit[row]
+    busy = watch_flat and s.unchanged[row] <= FLAT_BUSY
     flat = _survival(counts, row, _OFFSETS[0], _FLAT, length, n_row, u, np.nan) if busy else 1.0
     routine = (
         _survival(counts, row, _OFFSETS[1], _ROUTINE, missing, n_row, u, np.inf) if watch_routine else 1.0
@@ -481,45 +466,15 @@ def _tails(
     if watch_spikes:
         # Beyond the history a spike count's tail is Poisson's around the window's usual count
         # (as if at least one spike in memory were usual), unless the history measured a heavier one.
-        usual_count = max(spike_rate[row], 1.0 / MEMORY) / (1.0 - _SPIKE_KEEP)
+        usual_count = max(s.spike_rate[row], 1.0 / MEMORY) / (1.0 - _SPIKE_KEEP)
         spike = _survival(counts, row, _OFFSETS[2], _SPIKES, spikes, n_row, u, -usual_count)
-    ratio = spread / spread_long[row] if spread_long[row] > 0 else 1.0
+    ratio = spread / s.spread_long[row] if s.spread_long[row] > 0 else 1.0
     wide = _survival(counts, row, _OFFSETS[3], _SPREAD, ratio, n_row, u, np.nan) if watch_spread else 1.0
     return flat, routine, spike, wide, ratio
 
 
 @njit(cache=True)
-def _assess_kernel(  # type: ignore[no-untyped-def]
-    anchor,
-    last_x,
-    step,
-    unchanged,
-    run_start,
-    run,
-    longest,
-    shortfall,
-    spike_count,
-    spike_level,
-    spiking,
-    spike_rate,
-    spread_mean,
-    spread_short,
-    spread_long,
-    unit,
-    total,
-    first_t,
-    counts,
-    pending,
-    peak,
-    ids,
-    t,
-    x,
-    deviation,
-    scale,
-    short,
-    routine,
-    settings,
-):
+def _assess_kernel(s, ids, t, x, deviation, short, routine, settings):  # type: ignore[no-untyped-def]
     tails = settings[4]
     n = len(ids)
     z = np.zeros(n)
@@ -528,35 +483,8 @@ def _assess_kernel(  # type: ignore[no-untyped-def]
     found = np.empty((n, 5))
     for i in range(n):
         row = ids[i]
-        length, missing, spikes, _, spread = _present(
-            anchor,
-            step,
-            run,
-            shortfall,
-            spike_count,
-            spike_level,
-            spiking,
-            spread_mean,
-            spread_short,
-            row,
-            x[i],
-            deviation[i],
-            short[i],
-        )
-        flat, routine_tail, spike, wide, ratio = _tails(
-            counts,
-            total,
-            unit,
-            unchanged,
-            spike_rate,
-            spread_long,
-            row,
-            length,
-            missing,
-            spikes,
-            spread,
-            settings,
-        )
+        length, missing, spikes, _, spread = _present(s, row, x[i], deviation[i], short[i])
+        flat, routine_tail, spike, wide, ratio = _tails(s, row, length, missing, spikes, spread, settings)
         found[i, 0], found[i, 1], found[i, 2], found[i, 3], found[i, 4] = (
             flat,
             routine_tail,
@@ -564,7 +492,7 @@ def _assess_kernel(  # type: ignore[no-untyped-def]
             wide,
             ratio,
         )
-        if not (total[row] >= WARMUP_POINTS * unit[row] and t[i] - first_t[row] >= WARMUP_SECONDS):
+        if not (s.total[row] >= WARMUP_POINTS * s.unit[row] and t[i] - s.first_t[row] >= WARMUP_SECONDS):
             continue
         best = min(flat, routine_tail, spike, wide)
         if best >= 1.0:
@@ -572,8 +500,8 @@ def _assess_kernel(  # type: ignore[no-untyped-def]
         # A stuck series is also calm and off its routine: flat names it first.
         if flat == best:
             kind[i], z[i] = FLAT, -1.0
-            seen[i] = t[i] - run_start[row] if length > 1 else 0.0
-            usual[i] = longest[row]
+            seen[i] = t[i] - s.run_start[row] if length > 1 else 0.0
+            usual[i] = s.longest[row]
         elif routine_tail == best:
             kind[i], z[i] = ROUTINE, -1.0
             seen[i] = missing
@@ -581,11 +509,11 @@ def _assess_kernel(  # type: ignore[no-untyped-def]
         elif spike == best:
             kind[i], z[i] = SPIKES, 1.0
             seen[i] = spikes
-            usual[i] = spike_rate[row] / (1.0 - _SPIKE_KEEP)
+            usual[i] = s.spike_rate[row] / (1.0 - _SPIKE_KEEP)
         else:
             kind[i], z[i] = SPREAD, 1.0
             seen[i] = ratio
-            usual[i] = _ordinary(counts, row, _OFFSETS[3], total[row])
+            usual[i] = _ordinary(s.counts, row, _OFFSETS[3], s.total[row])
         z[i] *= normal_deviate(min(tails * best, 1.0))
         if z[i] == 0:
             kind[i] = 0
@@ -604,66 +532,20 @@ def _ordinary(counts, row, offset, total):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _learn_kernel(  # type: ignore[no-untyped-def]
-    anchor,
-    last_x,
-    step,
-    unchanged,
-    run_start,
-    run,
-    longest,
-    shortfall,
-    spike_count,
-    spike_level,
-    spiking,
-    spike_rate,
-    spread_mean,
-    spread_short,
-    spread_long,
-    unit,
-    total,
-    first_t,
-    counts,
-    pending,
-    peak,
-    ids,
-    t,
-    x,
-    deviation,
-    scale,
-    short,
-    weight,
-    seen,
-    found,
-    settings,
-):
+def _learn_kernel(s, ids, t, x, deviation, short, weight, seen, found, settings):  # type: ignore[no-untyped-def]
     tails = settings[4]
     for i in range(len(ids)):
         row, w = ids[i], weight[i]
         if not (seen[i] or w > 0):
             continue
-        length, missing, spikes, mean, spread = _present(
-            anchor,
-            step,
-            run,
-            shortfall,
-            spike_count,
-            spike_level,
-            spiking,
-            spread_mean,
-            spread_short,
-            row,
-            x[i],
-            deviation[i],
-            short[i],
-        )
-        beyond = abs(deviation[i]) > spike_level[row]
-        finished = run[row] if length == 1.0 else 0.0
+        length, missing, spikes, mean, spread = _present(s, row, x[i], deviation[i], short[i])
+        beyond = abs(deviation[i]) > s.spike_level[row]
+        finished = s.run[row] if length == 1.0 else 0.0
         if length == 1.0:
-            anchor[row], run_start[row] = x[i], t[i]
+            s.anchor[row], s.run_start[row] = x[i], t[i]
         if w > 0:
-            if np.isnan(first_t[row]):
-                first_t[row] = t[i]
+            if np.isnan(s.first_t[row]):
+                s.first_t[row] = t[i]
             # Each statistic learns less from a point its own tail already flags, as the engine
             # does for point deviations: a stuck run must not teach that stuck runs are normal.
             if len(found):
@@ -676,66 +558,71 @@ def _learn_kernel(  # type: ignore[no-untyped-def]
                 )
             else:
                 flat, routine_tail, spike, wide, ratio = _tails(
-                    counts,
-                    total,
-                    unit,
-                    unchanged,
-                    spike_rate,
-                    spread_long,
-                    row,
-                    length,
-                    missing,
-                    spikes,
-                    spread,
-                    settings,
+                    s, row, length, missing, spikes, spread, settings
                 )
-            u = unit[row] / _KEEP
+            u = s.unit[row] / _KEEP
             if u > _RESCALE_AT:
                 for j in range(_THRESHOLDS):
-                    counts[row, j] /= np.float32(u)
-                    pending[row, j] /= np.float32(u)
-                total[row] /= u
+                    s.counts[row, j] /= np.float32(u)
+                    s.pending[row, j] /= np.float32(u)
+                s.total[row] /= u
                 u = 1.0
-            unit[row] = u
-            total[row] += w * u
-            rate = max(1.0 - _KEEP, 1.0 / (total[row] / u + 1.0)) * w
+            s.unit[row] = u
+            s.total[row] += w * u
+            rate = max(1.0 - _KEEP, 1.0 / (s.total[row] / u + 1.0)) * w
             flat_w = min(tails * flat / PROTECT_BELOW, 1.0)
             spike_w = min(tails * spike / PROTECT_BELOW, 1.0)
             wide_w = min(tails * wide / PROTECT_BELOW, 1.0)
             # A flat run is counted when it ends, so a run in progress never vouches for itself,
             # and one that ended while flagged is not counted at all.
             if finished >= 2.0:
-                ended = _survival(counts, row, _OFFSETS[0], _FLAT, finished, total[row], u, np.nan)
-                _count_run(counts, row, finished, np.float32(w * u * min(tails * ended / PROTECT_BELOW, 1.0)))
+                ended = _survival(s.counts, row, _OFFSETS[0], _FLAT, finished, s.total[row], u, np.nan)
+                _count_run(
+                    s.counts, row, finished, np.float32(w * u * min(tails * ended / PROTECT_BELOW, 1.0))
+                )
             # An excursion of a windowed statistic into its tail is counted when it ends, weighed
             # by its most extreme tail: like a flat run, it must not vouch for itself while it lasts.
             amount = np.float32(w * u)
             _excursion(
-                counts, pending, peak, row, 0, _OFFSETS[1], _ROUTINE, missing, routine_tail, amount, tails
+                s.counts,
+                s.pending,
+                s.peak,
+                row,
+                0,
+                _OFFSETS[1],
+                _ROUTINE,
+                missing,
+                routine_tail,
+                amount,
+                tails,
             )
-            _excursion(counts, pending, peak, row, 1, _OFFSETS[2], _SPIKES, spikes, spike, amount, tails)
-            if spread_long[row] > 0:
-                _excursion(counts, pending, peak, row, 2, _OFFSETS[3], _SPREAD, ratio, wide, amount, tails)
-            size = abs(min(max(deviation[i], -CLIP), CLIP) - spread_mean[row])
-            long = spread_long[row]
-            spread_long[row] = size if np.isnan(long) else long + rate * wide_w * (size - long)
-            spike_rate[row] += (
-                rate * spike_w * ((1.0 if beyond and not spiking[row] else 0.0) - spike_rate[row])
+            _excursion(
+                s.counts, s.pending, s.peak, row, 1, _OFFSETS[2], _SPIKES, spikes, spike, amount, tails
             )
-            moved = spike_level[row] * np.exp(
+            if s.spread_long[row] > 0:
+                _excursion(
+                    s.counts, s.pending, s.peak, row, 2, _OFFSETS[3], _SPREAD, ratio, wide, amount, tails
+                )
+            size = abs(min(max(deviation[i], -CLIP), CLIP) - s.spread_mean[row])
+            long = s.spread_long[row]
+            s.spread_long[row] = size if np.isnan(long) else long + rate * wide_w * (size - long)
+            s.spike_rate[row] += (
+                rate * spike_w * ((1.0 if beyond and not s.spiking[row] else 0.0) - s.spike_rate[row])
+            )
+            moved = s.spike_level[row] * np.exp(
                 SPIKE_STEP * w * spike_w * ((1.0 if beyond else 0.0) - SPIKE_SHARE)
             )
-            spike_level[row] = max(moved, SPIKE_Z)
-            change = abs(x[i] - last_x[row])
+            s.spike_level[row] = max(moved, SPIKE_Z)
+            change = abs(x[i] - s.last_x[row])
             if np.isfinite(change):
-                step[row] += rate * flat_w * (change - step[row])
-                unchanged[row] += rate * flat_w * ((1.0 if length > 1.0 else 0.0) - unchanged[row])
+                s.step[row] += rate * flat_w * (change - s.step[row])
+                s.unchanged[row] += rate * flat_w * ((1.0 if length > 1.0 else 0.0) - s.unchanged[row])
             if flat_w >= 1.0:
-                longest[row] = max(longest[row] * _KEEP, t[i] - run_start[row])
-        run[row] = length
-        shortfall[row] = missing
-        spike_count[row] = spikes
-        spiking[row] = beyond
-        spread_mean[row] = mean
-        spread_short[row] = spread
-        last_x[row] = x[i]
+                s.longest[row] = max(s.longest[row] * _KEEP, t[i] - s.run_start[row])
+        s.run[row] = length
+        s.shortfall[row] = missing
+        s.spike_count[row] = spikes
+        s.spiking[row] = beyond
+        s.spread_mean[row] = mean
+        s.spread_short[row] = spread
+        s.last_x[row] = x[i]

@@ -11,6 +11,7 @@ from models.base import (
     ArrayState,
     Assessment,
     FieldSpecs,
+    Mask,
     learning_rate,
     scale_floor,
     warmup_rate,
@@ -156,12 +157,7 @@ class RobustQuantile(ArrayState):
         self.arrays["median"][ids] += shift
 
     def learn(
-        self,
-        ids: np.ndarray,
-        t: np.ndarray,
-        x: np.ndarray,
-        weight: np.ndarray,
-        seen: np.ndarray | None = None,
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
     ) -> None:
         a = self.arrays
         seen = a["seen"][ids]

@@ -5,14 +5,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from models.base import MEAN_ABS_TO_SIGMA, SCALE_FLOOR, ArrayState, Assessment, FieldSpecs, learning_rate
+from models.base import (
+    MEAN_ABS_TO_SIGMA,
+    SCALE_FLOOR,
+    Assessment,
+    FieldSpecs,
+    Mask,
+    as_floats,
+    learning_rate,
+)
+from models.seasonal import DAY, PhaseModel
 
-DAY = 86_400.0
 #: A bin this many overall scales from the level stands out: a burst or dip of the routine.
 STANDS_OUT = 3.0
 
 
-class DailyRoutine(ArrayState):
+class DailyRoutine(PhaseModel):
     """Level plus a step-shaped profile of ``bins`` phases per period, learned across periods.
 
     The forecast for time ``t`` is ``level + offset[bin(t)]``, where each bin
@@ -92,17 +100,9 @@ class DailyRoutine(ArrayState):
         calm_fraction: float = 0.25,
         warmup: int = 30,
     ) -> None:
-        if period <= 0 or bins < 2:
-            raise ValueError(f"period must be positive and bins >= 2, got {period}, {bins}")
-        self.period = period
-        self.bins = bins
-        self.halflife = halflife
-        self.season_halflife = season_halflife
-        self.scale_halflife = scale_halflife
-        self.huber = huber
-        self.calm_fraction = calm_fraction
-        self.warmup = warmup
-        super().__init__()
+        super().__init__(
+            period, bins, halflife, season_halflife, scale_halflife, huber, calm_fraction, warmup
+        )
 
     def field_specs(self) -> FieldSpecs:
         return {
@@ -133,7 +133,7 @@ class DailyRoutine(ArrayState):
 
     def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:
         expected, scale, deviation, warming = _assess_kernel(
-            *self._state(), np.asarray(ids, dtype=np.int64), *_floats(t, x), self._settings()
+            *self._state(), np.asarray(ids, dtype=np.int64), *as_floats(t, x), self._settings()
         )
         return Assessment(expected, scale, deviation, warming)
 
@@ -142,31 +142,20 @@ class DailyRoutine(ArrayState):
 
         Beyond :data:`STANDS_OUT` either way, the routine stands out there.
         """
-        return _offset_kernel(*self._state(), np.asarray(ids, dtype=np.int64), *_floats(t), self._settings())
-
-    def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
-        self.arrays["level"][ids] += shift
+        ids = np.asarray(ids, dtype=np.int64)
+        return _offset_kernel(*self._state(), ids, *as_floats(t), self._settings())
 
     def learn(
-        self,
-        ids: np.ndarray,
-        t: np.ndarray,
-        x: np.ndarray,
-        weight: np.ndarray,
-        seen: np.ndarray | None = None,
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
     ) -> None:
         weight = np.asarray(weight, dtype=np.float64)
         seen = weight > 0 if seen is None else np.asarray(seen, dtype=np.bool_)
         _learn_kernel(
-            *self._state(), np.asarray(ids, dtype=np.int64), *_floats(t, x, weight), seen, self._settings()
+            *self._state(), np.asarray(ids, dtype=np.int64), *as_floats(t, x, weight), seen, self._settings()
         )
 
     def __repr__(self) -> str:
         return f"DailyRoutine(period={self.period}, bins={self.bins}, season_halflife={self.season_halflife})"
-
-
-def _floats(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
 
 
 @njit(cache=True)

@@ -29,9 +29,9 @@ def feed(
     ids, out = np.array([0]), []
     for k in range(len(x)):
         t, xk, dk = np.array([MINUTE * k]), x[k : k + 1], deviation[k : k + 1]
-        pattern = stats.assess(ids, t, xk, dk, np.ones(1))
+        pattern = stats.assess(ids, t, xk, dk)
         flagged = abs(pattern.deviation[0]) > -flag_below
-        stats.learn(ids, t, xk, dk, np.ones(1), np.zeros(1) if flagged else np.ones(1), np.ones(1, bool))
+        stats.learn(ids, t, xk, dk, np.zeros(1) if flagged else np.ones(1), np.ones(1, bool))
         out.append(pattern)
     return out
 
@@ -122,8 +122,8 @@ def test_a_flagged_point_moves_what_tracks_the_present_but_teaches_nothing() -> 
     feed(stats, x, (x - 500) / 5)
     before = stats.state_dict()
     ids, t = np.array([0]), np.array([MINUTE * 2 * DAY])
-    stats.assess(ids, t, np.array([600.0]), np.array([20.0]), np.ones(1))
-    stats.learn(ids, t, np.array([600.0]), np.array([20.0]), np.ones(1), np.zeros(1), np.ones(1, bool))
+    stats.assess(ids, t, np.array([600.0]), np.array([20.0]))
+    stats.learn(ids, t, np.array([600.0]), np.array([20.0]), np.zeros(1), np.ones(1, bool))
     after = stats.state_dict()
     learned = ("counts", "total", "unit", "spread_long", "spike_rate", "spike_level", "step", "longest")
     assert all(np.array_equal(before[name], after[name]) for name in learned)
@@ -139,7 +139,7 @@ def test_adopt_takes_the_current_run_as_normal() -> None:
     assert deviations(out)[-1] < -4
     stats.adopt(np.array([0]))
     t = np.array([MINUTE * len(x)])
-    assert stats.assess(np.array([0]), t, x[-1:], np.zeros(1), np.ones(1)).deviation[0] == 0.0
+    assert stats.assess(np.array([0]), t, x[-1:], np.zeros(1)).deviation[0] == 0.0
 
 
 def test_the_daily_routine_expects_a_nightly_burst_and_misses_a_missing_one() -> None:
