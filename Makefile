@@ -74,6 +74,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/nab.py
 	$(PY) benchmarks/fleet.py
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/throughput.py --series 100000 --patterns
 	taskset -c 0 $(PY) benchmarks/remote_write.py
 
 lint: $(STAMP)

@@ -12,8 +12,16 @@ series in one batch per step as the live service does:
 (b) a per-detector budget, ``alerting: {false_alerts_per_day: 2}``: pages per day on the anomaly-free
     fleet, then on the fleet with injected incidents how many incidents an
     alert caught (the series fires at some point from the incident's start to
-    10 minutes after its end), the median time to detect in samples and both
-    by incident kind.
+    10 minutes after its end), how many by an alert that opened inside that
+    window, the median time to detect in samples and all by incident kind;
+(c) the pattern benchmark: other services (``pattern_fleet``: cpu, latency, a
+    nightly backup's write rate, a job error counter with rare spikes), false
+    alert onsets on them, then incidents no single point reveals
+    (``PATTERN_INCIDENTS``: a stuck exporter, latency three times as noisy, a
+    missing nightly backup, a storm of ordinary-sized error spikes) and how
+    many an alert caught, for the default model and with the opt-in pattern
+    detectors (``model_params: {routine: true, patterns: true}``);
+(d) (a) and (b) again with the opt-in pattern detectors.
 
 Usage: ``python benchmarks/fleet.py [--days 14] [--services 20] [--warmup-days 2] [--quick]``
 """
@@ -25,6 +33,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +43,26 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.fleet_data import DAY, FLEET_KINDS, INCIDENTS, Incident, Series, fleet, inject_incidents  # noqa: E402
+from benchmarks.fleet_data import (  # noqa: E402
+    DAY,
+    FLEET_KINDS,
+    INCIDENTS,
+    PATTERN_FLEET_KINDS,
+    PATTERN_INCIDENTS,
+    Incident,
+    Series,
+    fleet,
+    inject_incidents,
+    pattern_fleet,
+)
 from detector.config import DetectorConfig, build_engine, build_tracker, parse_config  # noqa: E402
 
 #: An alert this long after an incident's last sample still counts as catching it.
 GRACE = 600.0
 #: Run (b)'s budget: false alerts per day for the whole detector.
 DETECTOR_BUDGET = 2.0
+#: The opt-in pattern detectors (see models/patterns.py): the daily routine and the pattern statistics.
+PATTERN_DETECTORS = {"routine": True, "patterns": True}
 DETECTOR = "fleet"
 
 
@@ -96,12 +118,14 @@ def per_day(count: float, days: float) -> str:
     return f"{count / days:.3f}" if days > 0 else "-"
 
 
-def false_onsets(result: Run, series: list[Series], warmup: float) -> str:
+def false_onsets(
+    result: Run, series: list[Series], warmup: float, kinds: tuple[str, ...] = FLEET_KINDS
+) -> str:
     """Onsets per series-day by metric, after the warm-up and over the whole run."""
     counted = result.counted(warmup)
     days_after = counted.sum() / len(result.t) * _days(result)
     rows = []
-    for kind in (*FLEET_KINDS, "all"):
+    for kind in (*kinds, "all"):
         member = np.array([kind in ("all", s.kind) for s in series])
         after = int(result.onset[member][:, counted].sum())
         whole = int(result.onset[member].sum())
@@ -129,36 +153,50 @@ def pages_line(result: Run, warmup: float) -> str:
     )
 
 
-def detections(result: Run, series: list[Series], incidents: list[Incident]) -> str:
-    """Incidents caught by an alert of their series, how many before their end, and how fast.
+def detections(
+    result: Run, series: list[Series], incidents: list[Incident], kinds: Iterable[str] = INCIDENTS
+) -> str:
+    """Incidents caught by an alert of their series, by one that opened inside them, and how fast.
 
     The delay is in samples from the incident's first sample to the first one
     at which its series fires (0: at once, or it was already firing).
     """
     row_of = {s.name: row for row, s in enumerate(series)}
-    delays: dict[str, list[tuple[int, int] | None]] = {kind: [] for kind in INCIDENTS}
+    delays: dict[str, list[tuple[int, int, bool] | None]] = {kind: [] for kind in kinds}
     for incident in incidents:
         first = int(np.searchsorted(result.t, incident.start))
         last = int(np.searchsorted(result.t, incident.end, side="right")) - 1
         stop = int(np.searchsorted(result.t, incident.end + GRACE, side="right"))
-        firing = result.alert[row_of[incident.series], first:stop]
-        delays[incident.kind].append((int(np.argmax(firing)), last - first) if firing.any() else None)
+        row = row_of[incident.series]
+        firing = result.alert[row, first:stop]
+        inside = bool(result.onset[row, first:stop].any())
+        delays[incident.kind].append((int(np.argmax(firing)), last - first, inside) if firing.any() else None)
     everything = [delay for kind_delays in delays.values() for delay in kind_delays]
     rows = []
     for kind, found in (*delays.items(), ("all", everything)):
-        caught = [delay for delay, _ in filter(None, found)]
-        early = sum(delay <= length for delay, length in filter(None, found))
+        caught = [delay for delay, _, _ in filter(None, found)]
+        early = sum(delay <= length for delay, length, _ in filter(None, found))
+        opened = sum(onset for _, _, onset in filter(None, found))
         rows.append(
             [
                 kind,
                 len(found),
                 len(caught),
                 f"{len(caught) / len(found):.0%}" if found else "-",
+                opened,
                 early,
                 f"{np.median(caught):.0f}" if caught else "-",
             ]
         )
-    header = ["incident", "injected", "detected", "share", "before its end", "median samples to detect"]
+    header = [
+        "incident",
+        "injected",
+        "detected",
+        "share",
+        "opened inside",
+        "before its end",
+        "median samples to detect",
+    ]
     return table(header, rows)
 
 
@@ -227,6 +265,43 @@ def main(argv: list[str] | None = None) -> None:
     print("  " + pages_line(result, warmup))
     outside = outside_incidents(result, dirty, incidents, warmup)
     print(f"  onsets after the warm-up outside incident windows: {outside}")
+
+    patterns = pattern_fleet(services=args.services, days=args.days, seed=args.seed)
+    dirty, incidents = inject_incidents(
+        patterns, seed=args.seed, warmup_days=injected_after, incidents=PATTERN_INCIDENTS
+    )
+    print(
+        f"\n(c) Pattern benchmark: {args.services} other services x {len(PATTERN_FLEET_KINDS)} metrics "
+        f"= {len(patterns)} series, {len(incidents)} injected pattern incidents "
+        f"after day {injected_after:g}, "
+        f"at the default budget ({per_week / 7:.3f} per series-day)"
+    )
+    opt_in = parse_config({"model_params": PATTERN_DETECTORS})
+    for label, chosen in (("default model", default), (f"model_params: {PATTERN_DETECTORS}", opt_in)):
+        print(f"\n  {label}, anomaly-free:")
+        result = run(chosen, patterns)
+        print(false_onsets(result, patterns, warmup, PATTERN_FLEET_KINDS))
+        print(f"  {label}, with the incidents:")
+        result = run(chosen, dirty)
+        print(detections(result, dirty, incidents, PATTERN_INCIDENTS))
+        outside = outside_incidents(result, dirty, incidents, warmup)
+        print(f"  onsets after the warm-up outside incident windows: {outside}")
+
+    print(f"\n(d) The fleet of (a) and (b) with model_params: {PATTERN_DETECTORS}, default budget:")
+    result = run(opt_in, clean)
+    print(false_onsets(result, clean, warmup))
+    print("  " + pages_line(result, warmup))
+    budgeted = parse_config(
+        {"model_params": PATTERN_DETECTORS, "alerting": {"false_alerts_per_day": DETECTOR_BUDGET}}
+    )
+    print(f"  alerting: {{false_alerts_per_day: {DETECTOR_BUDGET:g}}}, anomaly-free:")
+    result = run(budgeted, clean)
+    print(false_onsets(result, clean, warmup))
+    print("  " + pages_line(result, warmup))
+    print("  With the injected incidents of (b):")
+    dirty, incidents = inject_incidents(clean, seed=args.seed, warmup_days=injected_after)
+    result = run(budgeted, dirty)
+    print(detections(result, dirty, incidents))
     print(f"\nWall time: {time.perf_counter() - started:.1f} s")
 
 

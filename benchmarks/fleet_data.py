@@ -18,6 +18,15 @@ noise that is neither Gaussian nor independent:
 * ``memory_bytes``: a GC sawtooth (growth at the allocation rate, which follows
   load, then a drop; 20-90 min cycles with jitter) over a slow drift.
 
+Two more kinds carry habits that only a pattern reveals, for the pattern
+benchmark (:func:`pattern_fleet`, :data:`PATTERN_INCIDENTS`):
+
+* ``backup_write_bytes`` (B/s): a few MB/s of background writes and a nightly
+  backup burst, 15-40 minutes long, starting at the service's own time between
+  01:00 and 04:00 with a few minutes' jitter;
+* ``job_errors``: failed jobs per scrape, mostly 0 or 1, with a batch failure
+  (a spike of tens) about twice a day at random times.
+
 A service's scrapes fail together: :func:`fleet` leaves a few short gaps (NaN)
 per service, in all six metrics at once.  Time starts on Monday 2026-03-02
 00:00 UTC.  :func:`kind_series` makes independent series of one kind, including
@@ -50,6 +59,13 @@ START = 1772409600.0
 DAY = 86_400.0
 FLEET_KINDS = ("request_rate", "latency_p99", "cpu_percent", "error_ratio", "queue_length", "memory_bytes")
 KINDS: tuple[str, ...] = (*FLEET_KINDS, "ar1_phi09", "iid_gaussian", "heavy_tailed", "counts")
+#: Kinds with habits only a pattern reveals (a nightly burst, rare spikes), for the pattern benchmark.
+HABIT_KINDS = ("backup_write_bytes", "job_errors")
+#: The stream of :func:`fleet`'s scrape gaps, and the seed offset of :func:`pattern_fleet`'s services.
+_GAP_STREAM = 11
+_PATTERN_SEED = 1000
+#: The metrics of :func:`pattern_fleet`: the pattern incidents' targets.
+PATTERN_FLEET_KINDS = ("cpu_percent", "latency_p99", "backup_write_bytes", "job_errors")
 
 
 @dataclass(frozen=True)
@@ -270,6 +286,40 @@ def _counts(rng: np.random.Generator, load: _Load) -> np.ndarray:
     return rng.poisson(rng.uniform(2.0, 30.0, (m, 1)) * (floor + (1.0 - floor) * load.day)).astype(np.float64)
 
 
+def _backup_write_bytes(rng: np.random.Generator, load: _Load) -> np.ndarray:
+    m, n = load.shape
+    background = np.exp(rng.uniform(np.log(2e6), np.log(1e7), (m, 1)))
+    wander = 0.3 * _gaussian_ar1(rng, _per_step(0.98, load.step) * np.ones(m), n)
+    noise = 0.15 * rng.standard_normal((m, n))
+    out = background * (0.7 + 0.3 * load.day) * np.exp(wander + noise)
+    minutes = (load.t - START) / 60.0
+    start = rng.uniform(60.0, 240.0, m)
+    length = rng.uniform(15.0, 40.0, m)
+    height = np.exp(rng.uniform(np.log(5e7), np.log(2e8), m))
+    for night in range(int(np.ceil(minutes[-1] / 1440.0)) + 1):
+        begin = night * 1440.0 + start + rng.normal(0.0, 2.0, m)
+        end = begin + length * rng.uniform(0.9, 1.1, m)
+        level = height * rng.uniform(0.85, 1.15, m)
+        # A minute or two of ramp at each end, as a backup's write rate settles.
+        ramp = np.clip(np.minimum(minutes - begin[:, None], end[:, None] - minutes) / 1.5, 0.0, 1.0)
+        out += level[:, None] * ramp * rng.uniform(0.9, 1.1, (m, n))
+    return np.round(out)
+
+
+def _job_errors(rng: np.random.Generator, load: _Load) -> np.ndarray:
+    m, n = load.shape
+    background = rng.poisson(rng.uniform(0.02, 0.3, (m, 1)) * np.ones((1, n))).astype(np.float64)
+    per_step = rng.uniform(1.0, 3.0, (m, 1)) / DAY * load.step
+    starts = rng.random((m, n)) < per_step
+    size = np.round(np.exp(rng.normal(np.log(rng.uniform(15.0, 40.0, (m, 1))), 0.4, (m, n))))
+    # A batch failure shows for a scrape or two.
+    spikes = np.where(starts, size, 0.0)
+    spikes[:, 1:] += np.where(
+        starts[:, :-1] & (rng.random((m, n - 1)) < 0.5), np.round(0.4 * size[:, :-1]), 0.0
+    )
+    return background + spikes
+
+
 _GENERATORS: dict[str, Callable[[np.random.Generator, _Load], np.ndarray]] = {
     "request_rate": _request_rate,
     "latency_p99": _latency_p99,
@@ -281,7 +331,14 @@ _GENERATORS: dict[str, Callable[[np.random.Generator, _Load], np.ndarray]] = {
     "iid_gaussian": _iid_gaussian,
     "heavy_tailed": _heavy_tailed,
     "counts": _counts,
+    "backup_write_bytes": _backup_write_bytes,
+    "job_errors": _job_errors,
 }
+
+
+def _stream(kind: str) -> int:
+    """The random stream of a kind's generator (fixed per kind, so adding kinds moves nothing)."""
+    return 1 + KINDS.index(kind) if kind in KINDS else _GAP_STREAM + 1 + HABIT_KINDS.index(kind)
 
 
 def _repeated(t: np.ndarray, repeat: int) -> np.ndarray:
@@ -311,9 +368,14 @@ def _check(days: float, step: float, repeat: int) -> None:
 
 
 def fleet(
-    services: int = 20, days: float = 14, step: float = 60.0, seed: int = 0, repeat: int = 1
+    services: int = 20,
+    days: float = 14,
+    step: float = 60.0,
+    seed: int = 0,
+    repeat: int = 1,
+    kinds: tuple[str, ...] = FLEET_KINDS,
 ) -> list[Series]:
-    """Six anomaly-free metrics per service (:data:`FLEET_KINDS`), service by service.
+    """Anomaly-free metrics of each of ``kinds`` (default :data:`FLEET_KINDS`) per service.
 
     ``step`` is the scrape interval; ``repeat`` > 1 gives each scrape's value
     ``repeat`` times at ``step / repeat`` spacing, as a detector evaluating
@@ -322,35 +384,42 @@ def fleet(
     """
     _check(days, step, repeat)
     load = _load(np.random.default_rng([seed, 0]), services, days, step)
-    values = {
-        kind: _GENERATORS[kind](np.random.default_rng([seed, 1 + index]), load)
-        for index, kind in enumerate(FLEET_KINDS)
-    }
-    rng = np.random.default_rng([seed, len(KINDS) + 1])
+    values = {kind: _GENERATORS[kind](np.random.default_rng([seed, _stream(kind)]), load) for kind in kinds}
+    # A fixed stream, not one counted from the kinds: adding kinds must not move the gaps.
+    rng = np.random.default_rng([seed, _GAP_STREAM])
     n = len(load.t)
     for row in range(services):
         for _ in range(rng.poisson(0.3 * days)):
             start = int(rng.integers(0, n))
             missed = slice(start, start + int(rng.integers(1, 6)))
-            for kind in FLEET_KINDS:
+            for kind in kinds:
                 values[kind][row, missed] = np.nan
-    per_kind = {kind: _series(_jobs(services), kind, load.t, values[kind], repeat) for kind in FLEET_KINDS}
-    return [per_kind[kind][row] for row in range(services) for kind in FLEET_KINDS]
+    per_kind = {kind: _series(_jobs(services), kind, load.t, values[kind], repeat) for kind in kinds}
+    return [per_kind[kind][row] for row in range(services) for kind in kinds]
+
+
+def pattern_fleet(services: int = 20, days: float = 14, seed: int = 0) -> list[Series]:
+    """The targets of :data:`PATTERN_INCIDENTS` (:data:`PATTERN_FLEET_KINDS`), anomaly-free.
+
+    Other services than :func:`fleet`'s for the same seed (their cpu and
+    latency series differ), so the two benchmarks share no series.
+    """
+    return fleet(services=services, days=days, seed=seed + _PATTERN_SEED, kinds=PATTERN_FLEET_KINDS)
 
 
 def kind_series(
     kind: str, n: int, days: float, step: float = 60.0, seed: int = 0, repeat: int = 1
 ) -> list[Series]:
-    """``n`` independent anomaly-free series of one kind (any of :data:`KINDS`), without gaps.
+    """``n`` independent anomaly-free series of one kind (:data:`KINDS`, :data:`HABIT_KINDS`), without gaps.
 
     >>> [s.name for s in kind_series("ar1_phi09", n=2, days=1)]
     ['svc00/ar1_phi09', 'svc01/ar1_phi09']
     """
     if kind not in _GENERATORS:
-        raise ValueError(f"{kind!r} is not a kind; use one of {', '.join(KINDS)}")
+        raise ValueError(f"{kind!r} is not a kind; use one of {', '.join((*KINDS, *HABIT_KINDS))}")
     _check(days, step, repeat)
     load = _load(np.random.default_rng([seed, 0]), n, days, step)
-    values = _GENERATORS[kind](np.random.default_rng([seed, 1 + KINDS.index(kind)]), load)
+    values = _GENERATORS[kind](np.random.default_rng([seed, _stream(kind)]), load)
     return _series(_jobs(n), kind, load.t, values, repeat)
 
 
@@ -360,33 +429,33 @@ class _Effect:
 
     metric: str
     minutes: float
-    #: (rng, scrapes, first, last) -> the last anomalous scrape; changes ``scrapes`` in place.
-    apply: Callable[[np.random.Generator, np.ndarray, int, int], int]
+    #: (rng, scrapes, first, last) -> the first and last anomalous scrapes; changes ``scrapes`` in place.
+    apply: Callable[[np.random.Generator, np.ndarray, int, int], tuple[int, int]]
 
 
-def _traffic_drop(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> int:
+def _traffic_drop(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
     x[first : last + 1] *= rng.uniform(0.37, 0.43, last + 1 - first)
-    return last
+    return first, last
 
 
-def _latency_spike(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> int:
+def _latency_spike(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
     x[first : last + 1] *= rng.uniform(3.6, 4.4, last + 1 - first)
-    return last
+    return first, last
 
 
-def _latency_shift(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> int:
+def _latency_shift(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
     # A deploy: the new level is the new normal; only its first hour counts as the incident.
     x[first:] *= 1.3
-    return last
+    return first, last
 
 
-def _error_burst(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> int:
+def _error_burst(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
     requests = rng.poisson(2000.0, last + 1 - first)
     x[first : last + 1] = rng.binomial(requests, rng.uniform(0.045, 0.055, len(requests))) / requests
-    return last
+    return first, last
 
 
-def _queue_stuck(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> int:
+def _queue_stuck(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
     usual = max(float(np.nanmax(x[:first])), 5.0)
     ramp = np.linspace(0.0, 10.0 * usual, last + 1 - first)
     x[first : last + 1] = np.maximum(x[first : last + 1], np.round(ramp * rng.uniform(0.95, 1.05, len(ramp))))
@@ -395,21 +464,21 @@ def _queue_stuck(rng: np.random.Generator, x: np.ndarray, first: int, last: int)
     end = min(len(x) - 1, last + drain)
     tail = np.linspace(ramp[-1], 0.0, drain + 2)[1 : end - last + 1]
     x[last + 1 : end + 1] = np.maximum(x[last + 1 : end + 1], np.round(tail))
-    return end
+    return first, end
 
 
-def _cpu_pinned(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> int:
+def _cpu_pinned(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
     x[first : last + 1] = 100.0 - rng.exponential(0.2, last + 1 - first).clip(max=2.0)
-    return last
+    return first, last
 
 
-def _memory_leak(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> int:
+def _memory_leak(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
     # Memory never comes back between collections; the OOM kill at the end restarts the sawtooth.
     growth = np.linspace(0.0, 0.5, last + 1 - first)
     seen = x[: first + 1][np.isfinite(x[: first + 1])]
     noise = 1.0 + 0.002 * rng.standard_normal(len(growth))
     x[first : last + 1] = np.round(seen[-1] * (1.0 + growth) * noise)
-    return last
+    return first, last
 
 
 #: Incident kinds and what they do, sized as in ``replay_data/README.md``.
@@ -424,8 +493,64 @@ INCIDENTS: dict[str, _Effect] = {
 }
 
 
+# Pattern incidents: no point in them is unusual on its own.
+
+
+def _exporter_stuck(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
+    # The exporter keeps serving its last reading.
+    seen = x[:first][np.isfinite(x[:first])]
+    x[first : last + 1] = seen[-1]
+    return first, last
+
+
+def _latency_flapping(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
+    # Three times as noisy around the same level: each point's log-distance from the local median, tripled.
+    logs = np.log(x[first - 30 : last + 31])
+    middle = np.array([np.nanmedian(logs[i : i + 61]) for i in range(last + 1 - first)])
+    x[first : last + 1] = np.round(np.exp(middle + 3.0 * (logs[30:-30] - middle)), 4)
+    return first, last
+
+
+def _backup_missing(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
+    # The next nightly backup does not run: its burst is replaced by background writes.
+    background = float(np.nanmedian(x[max(0, first - 1440) : first]))
+    burst = np.nonzero(np.nan_to_num(x[first : first + 1440]) > 5.0 * background)[0]
+    start = stop = first + int(burst[0])
+    while stop + 1 < len(x) and not np.nan_to_num(x[stop + 1]) < 2.0 * background:
+        stop += 1
+    before = x[start - 60 : start]
+    quiet = before[np.isfinite(before) & (before < 2.0 * background)]
+    x[start : stop + 1] = rng.choice(quiet, stop + 1 - start)
+    return start, stop
+
+
+def _error_storm(rng: np.random.Generator, x: np.ndarray, first: int, last: int) -> tuple[int, int]:
+    # A batch failure every ten minutes or so, each the size of the usual ones.
+    usual = x[:first][np.isfinite(x[:first])]
+    sizes = usual[usual >= np.quantile(usual, 0.999)]
+    at = first
+    while at <= last:
+        x[at] = max(x[at], float(rng.choice(sizes)))
+        at += int(rng.integers(8, 13))
+    return first, last
+
+
+#: Pattern incidents, for the pattern benchmark on :func:`pattern_fleet`: each changes a habit,
+#: and no single point of it is out of the ordinary.
+PATTERN_INCIDENTS: dict[str, _Effect] = {
+    "exporter_stuck": _Effect("cpu_percent", 45, _exporter_stuck),
+    "latency_flapping": _Effect("latency_p99", 60, _latency_flapping),
+    # Its length is how far it looks for the next burst: a day.
+    "backup_missing": _Effect("backup_write_bytes", 1440, _backup_missing),
+    "error_storm": _Effect("job_errors", 120, _error_storm),
+}
+
+
 def inject_incidents(
-    series: list[Series], seed: int = 0, warmup_days: float = 4
+    series: list[Series],
+    seed: int = 0,
+    warmup_days: float = 4,
+    incidents: dict[str, _Effect] | None = None,
 ) -> tuple[list[Series], list[Incident]]:
     """Inject one incident into each of half the series of every metric kind that has incidents.
 
@@ -433,21 +558,24 @@ def inject_incidents(
     an hour before the series does.  Latency series get a spike or a
     permanent +30% shift (whose incident window is its first hour), a stuck
     queue drains after its window (counted in the window).  Series of kinds
-    without incidents are returned unchanged.  Raises ``ValueError`` if a
+    without incidents are returned unchanged.  ``incidents`` are the kinds to
+    inject: :data:`INCIDENTS` by default, :data:`PATTERN_INCIDENTS` for the
+    pattern benchmark.  Raises ``ValueError`` if a
     chosen series is too short to hold its incident after the warm-up.
     """
+    incidents = INCIDENTS if incidents is None else incidents
     rng = np.random.default_rng([seed, 1000])
     chosen: dict[int, str] = {}
-    for metric in dict.fromkeys(effect.metric for effect in INCIDENTS.values()):
-        kinds = [kind for kind, effect in INCIDENTS.items() if effect.metric == metric]
+    for metric in dict.fromkeys(effect.metric for effect in incidents.values()):
+        kinds = [kind for kind, effect in incidents.items() if effect.metric == metric]
         rows = [row for row, s in enumerate(series) if s.kind == metric]
         for position in rng.permutation(len(rows))[: (len(rows) + 1) // 2]:
             chosen[rows[position]] = kinds[int(rng.integers(len(kinds)))]
     out = list(series)
-    incidents = []
+    injected = []
     for row in sorted(chosen):
         s, kind = series[row], chosen[row]
-        effect = INCIDENTS[kind]
+        effect = incidents[kind]
         scrape_t = s.t[:: s.repeat]
         step = float(scrape_t[1] - scrape_t[0])
         length = max(1, round(effect.minutes * 60.0 / step))
@@ -459,11 +587,11 @@ def inject_incidents(
                 f"{effect.minutes:.0f}-minute {kind} after warmup_days={warmup_days}; "
                 "use more days or a shorter warm-up"
             )
-        first = int(rng.integers(earliest, latest))
+        begin = int(rng.integers(earliest, latest))
         x = s.x[:: s.repeat].copy()
-        last = effect.apply(rng, x, first, first + length - 1)
+        first, last = effect.apply(rng, x, begin, begin + length - 1)
         x[np.isnan(s.x[:: s.repeat])] = np.nan  # a failed scrape stays a gap, incident or not
         out[row] = replace(s, x=np.repeat(x, s.repeat))
         start, end = float(s.t[first * s.repeat]), float(s.t[(last + 1) * s.repeat - 1])
-        incidents.append(Incident(s.name, kind, start, end))
-    return out, incidents
+        injected.append(Incident(s.name, kind, start, end))
+    return out, injected

@@ -9,7 +9,10 @@ Runs the same engine and policy as ``anomaly-detector backtest`` over
 * baselines with the swept threshold: windowed-Gaussian z-score and river's
   HalfSpaceTrees (``benchmarks/baselines.py``).
 
-Usage: ``python benchmarks/nab.py [--bench ../shared/bench] [--skip-baselines]``
+``--patterns`` runs the default model with its opt-in pattern detectors
+(``model_params: {routine: true, patterns: true}``, see ``models/patterns.py``).
+
+Usage: ``python benchmarks/nab.py [--bench ../shared/bench] [--skip-baselines] [--patterns]``
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.baselines import half_space_trees_scores, windowed_gaussian_scores, write_results  # noqa: E402
 from detector.backtest import SeriesResult, run_backtest, write_result  # noqa: E402
-from detector.config import DetectorConfig, build_engine  # noqa: E402
+from detector.config import DetectorConfig, build_engine, parse_config  # noqa: E402
 from detector.recorded import find_recordings, read_recording  # noqa: E402
 
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
@@ -71,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", type=Path, default=ROOT.parent / "shared" / "bench")
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--patterns", action="store_true", help="with the opt-in pattern detectors")
     args = parser.parse_args(argv)
+    patterns = {"model_params": {"routine": True, "patterns": True}}
+    config = parse_config(patterns) if args.patterns else DetectorConfig()
     data = args.bench / "nab" / "data"
     scorer = load_scorer(args.bench / "nab_score.py")
     work = Path(tempfile.mkdtemp(prefix="nab-"))
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     recordings = [read_recording(path, name) for path, name in find_recordings([data])]
     points = sum(len(r) for r in recordings)
     started = time.perf_counter()
-    results = run_backtest(build_engine(DetectorConfig()), recordings)
+    results = run_backtest(build_engine(config), recordings)
     elapsed = time.perf_counter() - started
     for result in results:
         write_result(result, work / "engine" / result.recording.name)
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     alerts = sum(r.alerts for r in results)
     print(f"NAB development split: {len(recordings)} series, {points} points, {alerts} alerts opened")
+    print(f"model: {config.model}, model_params {config.model_params}")
     print(f"{'detector':42s} {'standard':>9s} {'low FP':>8s} {'low FN':>8s} {'points/s':>10s}")
     for label, figures, rate in rows:
         print(

@@ -48,7 +48,11 @@ class SeriesFinding:
     ``p_value`` is calibrated: the probability, under the series' own recent
     normal behaviour, of a deviation at least this large (score = 1 - p).
     ``interval`` is the series' sampling interval in seconds (0 if unknown):
-    with ``p_value`` it says how often such a deviation recurs.
+    with ``p_value`` it says how often such a deviation recurs.  ``pattern``
+    names what the p-value is about when it is not the point's own deviation
+    (one of :data:`models.base.PATTERN_KINDS`: ``flat``, ``routine``,
+    ``spikes``, ``spread``), with ``pattern_seen`` and ``pattern_usual`` the
+    statistic's value and its usual value (see :class:`models.base.Pattern`).
     """
 
     key: str
@@ -63,6 +67,9 @@ class SeriesFinding:
     model: str
     warming: bool
     interval: float = 0.0
+    pattern: str = ""
+    pattern_seen: float = 0.0
+    pattern_usual: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The file is small and every key is optional::
 
-    model: auto            # auto, ewma, seasonal, quantile or changepoint
+    model: auto            # auto, ewma, seasonal, quantile, changepoint or routine
     model_params: {}       # the model's constructor arguments
     calibration: {memory: 10000, warmup: 100}
     alerting: {false_alerts_per_week: 1.0,   # or false_alerts_per_day: N (whole detector)
@@ -56,7 +56,7 @@ from detector.calibration import TailCalibrator
 from detector.engine import Engine
 from detector.incidents import IncidentTracker, Links
 from detector.policy import AlertPolicy
-from models import AutoModel, RobustEWMA, SeasonalProfile
+from models import AutoModel, DailyRoutine, RobustEWMA, SeasonalProfile
 from models.base import OnlineModel
 from models.changepoint import LevelShift
 from models.quantile import RobustQuantile
@@ -69,6 +69,7 @@ MODELS: dict[str, type[OnlineModel]] = {
     "seasonal": SeasonalProfile,
     "quantile": RobustQuantile,
     "changepoint": LevelShift,
+    "routine": DailyRoutine,
 }
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")

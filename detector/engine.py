@@ -4,7 +4,7 @@ One direction of flow, for a whole batch at once::
 
     series table -> repeat filter (a sample seen before is not new evidence)
                  -> model.assess -> whitening (the deviation's own autocorrelation)
-                 -> calibration -> alert policy
+                 -> calibration -> the model's pattern, if rarer -> alert policy
                  -> model.learn (weighted: don't learn from what you flag)
                  -> calibration.learn -> band (clipped to the series' domain)
                  -> model.adopt (a shift the policy accepted as the new normal)
@@ -14,6 +14,17 @@ samples come from and where the results go differ.  The live service adds two
 masks the backtest does not need: points inside a maintenance window or a
 confirmed incident are not learned as normal (``learn=False``), and silenced
 points are scored but never open or keep an alert (``silenced=True``).
+
+A model may also report a *pattern* beside its point deviation
+(:class:`models.base.Pattern`: a flat run, a missing daily burst, spikes or a
+spread unusual for the series).  Its tail is already calibrated against the
+series' own past, and a pattern persists by nature, so it is neither whitened
+(the whitening would forecast it away) nor recalibrated: the alert policy
+takes its tail as a level of evidence (see :mod:`detector.policy`), the
+point's ``p_value`` is the smaller of the point's calibrated one and the
+pattern's, and its deviation, sign and ``pattern`` fields are those of
+whichever was rarer (the ``anomaly_score`` stays the point's own).  The
+calibration and whitening keep learning the point deviation only.
 """
 
 from __future__ import annotations
@@ -23,13 +34,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+from scipy.special import ndtr
 
 from detector.calibration import Direction, TailCalibrator
 from detector.domain import ValueDomain
 from detector.policy import HIGH, LOW, AlertPolicy
 from detector.repeats import RepeatFilter
 from detector.whitening import ResidualWhitener
-from models.base import OnlineModel
+from models.base import Assessment, OnlineModel
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,14 @@ class ScoredBatch:
     so far and ``alert_sign`` that point's side (+1 high, -1 low); NaN, NaN and
     0 otherwise.  ``interval`` is the series' estimated sampling interval in
     seconds (0 until known), which turns a p-value into a recurrence time.
+    ``anomaly_score`` is ``1 - p`` of the point's own calibrated deviation;
+    ``p_value`` is the smaller of that p and the model's pattern tail (what an
+    alert on the point is about), and ``pattern`` says which it is (an index
+    into :data:`models.base.PATTERN_KINDS`; 0: the point's own deviation),
+    with ``pattern_seen`` and ``pattern_usual`` as in
+    :class:`models.base.Pattern`.  (A pattern's tail stays small for as long
+    as the pattern lasts; the score is the point's, so that a threshold on
+    it keeps meaning "a point this unusual".)
     """
 
     anomaly_score: np.ndarray
@@ -64,6 +84,18 @@ class ScoredBatch:
     lowest_p: np.ndarray
     alert_sign: np.ndarray
     interval: np.ndarray
+    pattern: np.ndarray = None  # type: ignore[assignment]
+    pattern_seen: np.ndarray = None  # type: ignore[assignment]
+    pattern_usual: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        # Built without the pattern fields (a model without patterns, a test): nothing to say.
+        n = len(self.p_value)
+        if self.pattern is None:
+            object.__setattr__(self, "pattern", np.zeros(n, dtype=np.int8))
+        for name in ("pattern_seen", "pattern_usual"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.full(n, np.nan))
 
     def take(self, index: np.ndarray) -> ScoredBatch:
         """These points only (an index or a mask into the batch)."""
@@ -426,11 +458,14 @@ class Engine:
         scale = assessment.scale
         expected = assessment.expected + np.where(model_warm, forecast, 0.0) * scale
         p = np.where(model_warm, self.calibrator.p_value(ids, z), 1.0)
+        pattern = _pattern_tail(assessment, model_warm)
         p = np.where(valid, p, np.nan)
         decided = fresh & ~silenced
         decision = self.policy.decide(
-            ids, t, np.where(decided, p, np.nan), sign=z, observed=x, expected=expected
+            ids, t, np.where(decided, p, np.nan), sign=z, observed=x, expected=expected, pattern=pattern
         )
+        point_p = p
+        p, judged, kind, kind_seen, kind_usual = _described(assessment, pattern, p, z)
         # Don't learn from what is flagged: neither a rare point, nor points that together are
         # building up to an alert (full weight until halfway to the alert level, none from it on).
         trust = np.clip(2.0 * (1.0 - decision.suspicion), 0.0, 1.0)
@@ -439,7 +474,7 @@ class Engine:
         weight = np.where(model_warm, np.clip(p / self.protect_below, 0.0, 1.0) * trust, 1.0)
         # A shift accepted as the new normal is adopted below, not learned point by point.
         weight = np.where(decision.accepted, 0.0, weight)
-        self.model.learn(ids, t, safe_x, np.where(fresh & learn, weight, 0.0))
+        self.model.learn(ids, t, safe_x, np.where(fresh & learn, weight, 0.0), seen=fresh & learn)
         self.whitener.learn(
             ids,
             np.where(model_warm & fresh, model_z, np.nan),
@@ -460,9 +495,9 @@ class Engine:
         alert = decision.firing & ~silenced
         floor, ceiling = self.domain.bounds(ids)
         return ScoredBatch(
-            anomaly_score=np.where(valid, 1.0 - np.nan_to_num(p, nan=1.0), 0.0),
+            anomaly_score=np.where(valid, 1.0 - np.nan_to_num(point_p, nan=1.0), 0.0),
             p_value=p,
-            deviation=np.where(model_warm, z, np.nan),
+            deviation=np.where(model_warm, judged, np.nan),
             expected=np.clip(expected, floor, ceiling),
             lower=np.clip(np.where(banded, expected + lower_z * scale, np.nan), floor, ceiling),
             upper=np.clip(np.where(banded, expected + upper_z * scale, np.nan), floor, ceiling),
@@ -475,4 +510,40 @@ class Engine:
             lowest_p=np.where(alert, decision.lowest_p, np.nan),
             alert_sign=np.where(alert, decision.alert_sign, 0).astype(np.int8),
             interval=self.policy.arrays["interval"][ids],
+            pattern=kind,
+            pattern_seen=kind_seen,
+            pattern_usual=kind_usual,
         )
+
+
+def _pattern_tail(assessment: Assessment, warm: np.ndarray) -> np.ndarray:
+    """Each point's pattern tail probability, signed by its side (0 where there is none)."""
+    pattern = assessment.pattern
+    if pattern is None:
+        return np.zeros(len(warm))
+    deviation = np.where(warm, pattern.deviation, 0.0)
+    return np.sign(deviation) * ndtr(-np.abs(deviation))
+
+
+def _described(
+    assessment: Assessment, pattern_tail: np.ndarray, p: np.ndarray, z: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The point's p-value and deviation, or its pattern's where that is rarer, and what they are about.
+
+    Returns p, deviation, pattern kind, and the kind's seen and usual values.
+    """
+    n = len(p)
+    pattern = assessment.pattern
+    if pattern is None:
+        nothing = np.full(n, np.nan)
+        return p, z, np.zeros(n, dtype=np.int8), nothing, nothing
+    tail = np.abs(pattern_tail)
+    rarer = (pattern_tail != 0) & (tail < p)
+    kind = np.where(rarer, pattern.kind, 0).astype(np.int8)
+    return (
+        np.where(rarer, tail, p),
+        np.where(rarer, pattern.deviation, z),
+        kind,
+        np.where(rarer, pattern.seen, np.nan),
+        np.where(rarer, pattern.usual, np.nan),
+    )

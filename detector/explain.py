@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from detector.alerts import AlertEvent, SeriesFinding
 from detector.labels import series_key
 from detector.policy import DEFAULT_INTERVAL
+from models.base import learning_rate
+from models.patterns import SPIKE_HALFLIFE
 
 #: (seconds, singular name), largest first: a duration is said in the largest
 #: unit of which it holds at least ``_AT_LEAST`` (so 90 minutes, not 1 hour).
@@ -91,7 +93,7 @@ def format_time(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def rarity(p: float, interval: float, warming: bool = False) -> str:
+def rarity(p: float, interval: float, warming: bool = False, what: str = "a deviation this large") -> str:
     """How often a deviation this large happens for this series, in words.
 
     ``interval`` is the series' sampling interval in seconds (0: not known yet,
@@ -118,7 +120,7 @@ def rarity(p: float, interval: float, warming: bool = False) -> str:
         )
         words = f"happens {when}"
     caveat = " (provisional: warming up)" if warming else ""
-    return f"a deviation this large {words} for this series{caveat}"
+    return f"{what} {words} for this series{caveat}"
 
 
 def short_name(labels: Mapping[str, str], omit: Iterable[str] = ()) -> str:
@@ -136,6 +138,56 @@ def short_name(labels: Mapping[str, str], omit: Iterable[str] = ()) -> str:
 
 def _side(finding: SeriesFinding) -> str:
     return "above" if finding.direction == "high" else "below"
+
+
+def pattern_words(finding: SeriesFinding, verb: str = "is") -> str:
+    """What a finding's pattern is, after the series' name; empty for a point's own deviation.
+
+    >>> from detector.alerts import SeriesFinding
+    >>> flat = SeriesFinding("a", {}, 512.0, 498.0, 480.0, 520.0, 1e-9, "low", 1700000000.0, "auto",
+    ...                      False, 60.0, pattern="flat", pattern_seen=2820.0, pattern_usual=180.0)
+    >>> pattern_words(flat)
+    'has been unchanged at 512 for 47 minutes; it has not stayed flat for more than 3 minutes before'
+    >>> import dataclasses
+    >>> pattern_words(dataclasses.replace(flat, pattern="routine", pattern_seen=0.97, pattern_usual=1.6e8,
+    ...                                   observed=2.1e6))
+    'is missing its daily routine: around 22:13 UTC it usually reaches about 1.6e+08, now 2.1e+06'
+    >>> pattern_words(dataclasses.replace(flat, pattern="spikes", pattern_seen=6.2, pattern_usual=0.12))
+    'spiked 6 times in about the last 87 minutes, where such a stretch usually holds 0.12'
+    >>> pattern_words(dataclasses.replace(flat, pattern="spread", pattern_seen=3.1, pattern_usual=1.4))
+    'is 3.1 times as variable as usual around its level (ordinarily at most 1.4 times)'
+    >>> pattern_words(dataclasses.replace(flat, pattern=""))
+    ''
+    """
+    if finding.pattern == "flat":
+        before = format_duration(finding.pattern_usual)
+        has = "has been" if verb == "is" else "had been"
+        never = (
+            "it had not repeated a value before"
+            if finding.pattern_usual <= 0
+            else f"it has not stayed flat for more than {before} before"
+        )
+        lasted = format_duration(finding.pattern_seen)
+        return f"{has} unchanged at {format_value(finding.observed)} for {lasted}; {never}"
+    if finding.pattern == "routine":
+        when = datetime.fromtimestamp(finding.started_at, UTC).strftime("%H:%M")
+        return (
+            f"{verb} missing its daily routine: around {when} UTC it usually reaches about "
+            f"{format_value(finding.pattern_usual)}, now {format_value(finding.observed)}"
+        )
+    if finding.pattern == "spikes":
+        interval = finding.interval if finding.interval > 0 else DEFAULT_INTERVAL
+        window = format_duration(interval / learning_rate(SPIKE_HALFLIFE))
+        return (
+            f"spiked {finding.pattern_seen:.0f} times in about the last {window}, "
+            f"where such a stretch usually holds {format_value(finding.pattern_usual)}"
+        )
+    if finding.pattern == "spread":
+        return (
+            f"{verb} {finding.pattern_seen:.1f} times as variable as usual around its level "
+            f"(ordinarily at most {finding.pattern_usual:.1f} times)"
+        )
+    return ""
 
 
 def _band(finding: SeriesFinding) -> str:
@@ -177,6 +229,9 @@ def summarize(event: AlertEvent) -> str:
     more = f" (and {len(event.findings) - 1} more series)" if len(event.findings) > 1 else ""
     late = " (late data)" if event.late_by > 0 else ""
     name = short_name(top.labels, omit=event.group_labels) if top.labels else top.key
+    pattern = pattern_words(top, verb)
+    if pattern:
+        return f"{event.detector}: {name} {pattern}{more}{late}"
     return (
         f"{event.detector}: {name} {verb} {_side(top)} its expected band: "
         f"{format_value(top.observed)} vs {against}{more}{late}"
@@ -224,10 +279,17 @@ def describe(event: AlertEvent) -> str:
     """
     top = event.top
     verb = "is" if event.status == "firing" else "was"
+    pattern = pattern_words(top, verb)
+    headline = (
+        f"{top.key} {pattern} (a pattern, direction: {top.direction})."
+        if pattern
+        else f"{top.key} {verb} {_side(top)} its expected band (direction: {top.direction})."
+    )
+    what = "a pattern this unusual" if pattern else "a deviation this large"
     lines = [
-        f"{top.key} {verb} {_side(top)} its expected band (direction: {top.direction}).",
+        headline,
         f"Observed {format_value(top.observed)}, {_band(top)}.",
-        f"{format_p(top.p_value)}: {rarity(top.p_value, top.interval, top.warming)}.",
+        f"{format_p(top.p_value)}: {rarity(top.p_value, top.interval, top.warming, what)}.",
     ]
     started = f"Started {format_time(event.opened_at)}"
     if event.status == "firing":

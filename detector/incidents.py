@@ -60,6 +60,7 @@ import numpy as np
 from detector.alerts import AlertEvent, Change, SeriesFinding
 from detector.engine import ScoredBatch
 from detector.explain import describe, format_duration, summarize
+from models.base import PATTERN_KINDS
 
 Links = Callable[[Sequence[SeriesFinding]], dict[str, str]]
 
@@ -456,6 +457,7 @@ class IncidentTracker:
             model=model,
             warming=bool(scored.warming[i]),
             interval=float(scored.interval[i]),
+            **_pattern(scored, i),
         )
 
     @staticmethod
@@ -473,6 +475,7 @@ class IncidentTracker:
                 direction="low" if scored.alert_sign[i] < 0 else "high",
                 warming=bool(scored.warming[i]),
                 interval=float(scored.interval[i]),
+                **_pattern(scored, i),
             )
 
     def _correlate(
@@ -575,6 +578,15 @@ def _rounds(keys: Sequence[str], t: np.ndarray) -> list[np.ndarray]:
         rounds[-1].append(i)
         taken.add(keys[i])
     return [np.array(r, dtype=np.int64) for r in rounds if r]
+
+
+def _pattern(scored: ScoredBatch, i: int) -> dict[str, Any]:
+    """The finding's pattern fields from point ``i`` (what its p-value is about)."""
+    return {
+        "pattern": PATTERN_KINDS[int(scored.pattern[i])],
+        "pattern_seen": float(np.nan_to_num(scored.pattern_seen[i])),
+        "pattern_usual": float(np.nan_to_num(scored.pattern_usual[i])),
+    }
 
 
 def _onset(scored: ScoredBatch, t: np.ndarray, i: int) -> float:

@@ -54,6 +54,17 @@ seen enough episodes of its own, a prior stands in: one episode per 21 points
 that a new series errs towards silence; it weighs as :data:`PRIOR_EPISODES`
 episodes and fades as real ones arrive (see :func:`_level_kernel`).
 
+A model's *pattern* (:class:`models.base.Pattern`: a flat run, a missing
+daily burst, spikes or a spread unusual for the series) comes with its own
+tail probability ``q``, already calibrated on the series' history.  A pattern
+is a statistic over a window, so its tail is not per-point evidence to add
+up (an ordinary excursion of it lasts as long as its window, and would add
+up to an alert): ``-log q - d`` is a *level* that the evidence on the
+pattern's side rises to, by at most one strongest point's worth per point,
+and an ordinary excursion is one episode of the same peak calibration.  The
+minimum deviation does not apply to patterns (a flat series sits on its
+forecast).
+
 An episode that alerted is *censored*: all that is known of its peak is
 that it reached ``h`` (from then on the alert holds the series to its
 behaviour from before the onset, so what the evidence reaches later says
@@ -146,6 +157,8 @@ _DRIFT = -float(np.log(EVIDENCE_P))
 #: points a calibration remembers, a p-value is extrapolated, and one point claimed that rare
 #: would outweigh everything else (a sustained deviation still adds up to any level).
 STRONGEST_P = 1e-4
+#: The most one point can add to the evidence.
+_STRONGEST_STEP = -float(np.log(STRONGEST_P)) - _DRIFT
 #: Episodes whose peaks the policy remembers (decayed), per series.
 EPISODE_MEMORY = 1000.0
 #: Episodes beyond a level needed to trust their count there, and the share of them the tail is fitted to.
@@ -555,17 +568,21 @@ class AlertPolicy(ArrayState):
         sign: np.ndarray | None = None,
         observed: np.ndarray | None = None,
         expected: np.ndarray | None = None,
+        pattern: np.ndarray | None = None,
     ) -> AlertDecision:
         """Update alert state with each point's p-value (NaN p or t: no decision, no change).
 
         Each series at most once per batch.  ``sign`` is the side of each
         deviation (positive: above the expected value; if omitted every point
         counts as high); ``observed`` and ``expected`` are needed only for the
-        minimum deviation.
+        minimum deviation.  ``pattern`` is each point's pattern tail, signed by
+        its side (see the module docstring; 0 or NaN: none); the minimum
+        deviation does not apply to it.
         """
         ids = np.asarray(ids, dtype=np.int64)
         n = len(ids)
         sign = np.ones(n) if sign is None else np.nan_to_num(np.asarray(sign, dtype=np.float64))
+        pattern = np.zeros(n) if pattern is None else np.nan_to_num(np.asarray(pattern, dtype=np.float64))
         sized = observed is not None and expected is not None
         size_args = (observed, expected) if sized else (np.zeros(n), np.zeros(n))
         watched = {"both": 0, "high": 1, "low": -1}[self.direction]
@@ -585,6 +602,7 @@ class AlertPolicy(ArrayState):
             *(self.arrays[name] for name in _KERNEL_STATE),
             ids,
             *(np.asarray(a, dtype=np.float64) for a in (t, p, sign, *size_args)),
+            pattern,
             sized,
             settings,
             learned,
@@ -636,6 +654,7 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
     sign,
     observed,
     expected,
+    pattern,
     sized,
     settings,
     learned,
@@ -675,9 +694,22 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
                 size = abs(observed[i] - expected[i])
                 counts = counts and size >= min_deviation and size >= min_relative * abs(expected[i])
             strength = -np.log(max(pv, STRONGEST_P)) if counts else 0.0
-            evidence[row, 0] = max(0.0, evidence[row, 0] + (strength if side_sign > 0 else 0.0) - _DRIFT)
-            evidence[row, 1] = max(0.0, evidence[row, 1] + (strength if side_sign < 0 else 0.0) - _DRIFT)
+            # A pattern's tail is already evidence gathered over its window: a level, which the
+            # evidence rises to (by at most one strongest point's worth per point), not an increment.
+            pattern_sign = 1 if pattern[i] > 0 else (-1 if pattern[i] < 0 else 0)
+            pattern_counts = pattern_sign != 0 and (watched == 0 or pattern_sign == watched)
+            tail = abs(pattern[i]) if pattern_counts else 1.0
+            pattern_level = -np.log(tail) - _DRIFT if tail < EVIDENCE_P else 0.0
+            for side in range(2):
+                towards = 1 if side == 0 else -1
+                before = evidence[row, side]
+                level_now = max(0.0, before + (strength if side_sign == towards else 0.0) - _DRIFT)
+                if pattern_sign == towards and pattern_level > level_now:
+                    level_now = min(pattern_level, before + _STRONGEST_STEP)
+                evidence[row, side] = level_now
             now_level = max(evidence[row, 0], evidence[row, 1])
+            if pattern_level > 0 and tail < pv:
+                pv, side_sign, counts = tail, pattern_sign, True
             points[row] = points[row] * keep + 1.0
             episodes[row] *= keep
             if now_level > 0 and not in_episode[row]:

@@ -17,11 +17,13 @@ from models.changepoint import LevelShift
 from models.ewma import RobustEWMA
 from models.multivariate import GroupHalfSpaceTrees
 from models.quantile import RobustQuantile
+from models.routine import DailyRoutine
 from models.seasonal import SeasonalProfile, detect_period
 
 __all__ = [
     "Assessment",
     "AutoModel",
+    "DailyRoutine",
     "GroupHalfSpaceTrees",
     "LevelShift",
     "OnlineModel",

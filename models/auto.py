@@ -1,21 +1,48 @@
-"""The default model: picks seasonal or flat per series, catches shifts, adopts new levels."""
+"""The default model: picks flat, seasonal or daily-routine per series, catches shifts and patterns."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
-from models.base import Assessment, learning_rate
+from models.base import (
+    Assessment,
+    Mask,
+    learning_rate,
+)
 from models.ewma import RobustEWMA
+from models.patterns import PatternStatistics
+from models.routine import STANDS_OUT, DailyRoutine
 from models.seasonal import SeasonalProfile
+
+#: The forecasters :class:`AutoModel` chooses between, in its ``choice`` codes.
+_FLAT, _SEASONAL, _ROUTINE = 0, 1, 2
+_DAY = 86_400.0
 
 
 class AutoModel:
-    """Runs a flat and a seasonal forecaster and uses whichever fits the series.
+    """Runs a flat and a seasonal forecaster (and, opted in, a daily routine) and uses whichever fits.
 
     Per series it keeps the recent mean absolute deviation of both forecasters
     and reports the one that has been more accurate (the seasonal one must win
     by ``seasonal_margin`` to be chosen, so noise does not make it flap).
+
+    With ``routine`` it also runs a daily routine
+    (:class:`models.routine.DailyRoutine`, a phase-aligned profile in
+    10-minute steps), chosen where its error over about the last day, on
+    every seen point, beats the usual choice's by the same margin: what a
+    series with square-wave habits needs, so a nightly job's burst is expected
+    where it happens (and raises no alert) and its absence is a deviation.
+    With ``patterns`` it also watches what no single point reveals
+    (:class:`models.patterns.PatternStatistics`: a flat run, a missed routine,
+    the rate of spikes, the spread of recent deviations, each against the
+    series' own past) and reports the most unusual in
+    :attr:`Assessment.pattern`.  Both are off by default: measured on the NAB
+    development split they cost more than they find (see
+    ``benchmarks/nab.py --patterns`` and ``benchmarks/fleet.py``), and they
+    cost a third more time per sample.
 
     Its deviation also sees slow trouble a single point does not show: an
     exponentially weighted mean of recent deviations, rescaled to unit variance
@@ -36,8 +63,8 @@ class AutoModel:
 
     A small level shift that the model is still allowed to learn from
     (``adopt_after`` points in a row beyond ``adopt_z`` on the same side, each
-    with a positive learning weight) is taken as the new normal: both
-    forecasters move their level to where the series now is.  This is the
+    with a positive learning weight) is taken as the new normal: every
+    forecaster moves its level to where the series now is.  This is the
     model's own bookkeeping, counted in the points it learns from; a shift
     large enough to alert is not learned from while the alert is open, and is
     adopted only when the alert policy accepts it (``accept_shift_after``, a
@@ -64,6 +91,8 @@ class AutoModel:
         self,
         flat: RobustEWMA | None = None,
         seasonal: SeasonalProfile | None = None,
+        routine: bool = False,
+        patterns: bool = False,
         shift_halflife: float = 12.0,
         seasonal_margin: float = 0.9,
         adopt_after: int = 12,
@@ -74,6 +103,10 @@ class AutoModel:
             raise ValueError(f"shift_weight must not be negative, got {shift_weight}")
         self.flat = flat or RobustEWMA()
         self.seasonal = seasonal or SeasonalProfile(season_halflife=4.0)
+        self.routine = routine
+        self.patterns = patterns
+        self._routine = DailyRoutine() if routine else None
+        self._patterns = PatternStatistics(routine=routine) if patterns else None
         self.shift_weight = shift_weight
         self.shift_halflife = shift_halflife
         self.seasonal_margin = seasonal_margin
@@ -90,18 +123,32 @@ class AutoModel:
             "run": (np.int32, 0),
             "run_sum": (np.float64, 0.0),
         }
-        self.own: dict[str, np.ndarray] = {
-            name: np.zeros(0, dtype=dtype) for name, (dtype, _) in self._own_specs.items()
-        }
-        self._last_assessed: tuple[np.ndarray, np.ndarray, np.ndarray, Assessment, Assessment] | None = None
+        if routine:
+            # The routine's error and the usual choice's, both over about a day (see _learn_kernel).
+            self._own_specs.update({"error_routine": (np.float64, 0.0), "error_usual": (np.float64, 0.0)})
+        # Without a routine its errors are never read: empty arrays keep the kernels' signature.
+        self.own: dict[str, np.ndarray] = {"error_routine": np.zeros(0), "error_usual": np.zeros(0)}
+        self.own.update({name: np.zeros(0, dtype=dtype) for name, (dtype, _) in self._own_specs.items()})
+        self._last: _Assessed | None = None
 
     @property
     def warmup(self) -> int:
         return self.flat.warmup
 
+    def _parts(self) -> dict[str, RobustEWMA | SeasonalProfile | DailyRoutine | PatternStatistics]:
+        parts: dict[str, RobustEWMA | SeasonalProfile | DailyRoutine | PatternStatistics] = {
+            "flat": self.flat,
+            "seasonal": self.seasonal,
+        }
+        if self._routine is not None:
+            parts["routine"] = self._routine
+        if self._patterns is not None:
+            parts["patterns"] = self._patterns
+        return parts
+
     def resize(self, n_series: int) -> None:
-        self.flat.resize(n_series)
-        self.seasonal.resize(n_series)
+        for part in self._parts().values():
+            part.resize(n_series)
         old = len(self.own["run"])
         if n_series > old:
             capacity = self.flat.n_series
@@ -111,30 +158,50 @@ class AutoModel:
                 self.own[name] = grown
 
     def reset(self, ids: np.ndarray) -> None:
-        self._last_assessed = None
-        self.flat.reset(ids)
-        self.seasonal.reset(ids)
+        self._last = None
+        for part in self._parts().values():
+            part.reset(ids)
         for name, (_, initial) in self._own_specs.items():
             self.own[name][ids] = initial
 
     def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:
-        flat = self.flat.assess(ids, t, x)
-        seasonal = self.seasonal.assess(ids, t, x)
-        self._last_assessed = (ids, t, x, flat, seasonal)
-        expected, scale, deviation = _combine_kernel(
+        assessed = self._assess(ids, t, x)
+        self._last = assessed
+        flat = assessed.forecasts[_FLAT]
+        pattern = None
+        if self._patterns is not None:
+            routine = assessed.forecasts[_ROUTINE].expected if self._routine is not None else None
+            pattern = self._patterns.assess(ids, t, x, assessed.point, assessed.shortfall, routine)
+        return Assessment(assessed.expected, assessed.scale, assessed.deviation, flat.warming, pattern)
+
+    def _assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> _Assessed:
+        forecasts = [self.flat.assess(ids, t, x), self.seasonal.assess(ids, t, x)]
+        if self._routine is not None:
+            forecasts.append(self._routine.assess(ids, t, x))
+        expected, scale, deviation, point, choice = _combine_kernel(
             self.own["error_flat"],
             self.own["error_seasonal"],
+            self.own["error_routine"],
+            self.own["error_usual"],
             self.own["mean_deviation"],
             np.asarray(ids, dtype=np.int64),
-            flat.expected,
-            flat.scale,
-            flat.deviation,
-            seasonal.expected,
-            seasonal.scale,
-            seasonal.deviation,
+            tuple(f.expected for f in forecasts),
+            tuple(f.scale for f in forecasts),
+            tuple(f.deviation for f in forecasts),
             self._settings(),
         )
-        return Assessment(expected, scale, deviation, flat.warming)
+        shortfall = None
+        if self._routine is not None:
+            # How much of its routine each point misses, where the routine departs from the level
+            # by several of its own scales there and of the series' overall ones: 1 for a burst (or
+            # dip) that should be there and is not, 0 for one that is.
+            routine = forecasts[_ROUTINE]
+            departure = routine.expected - self._routine.arrays["level"][ids]
+            missed = np.divide(routine.expected - x, departure, out=np.zeros(len(x)), where=departure != 0)
+            overall = np.abs(self._routine.routine_offset(ids, t))
+            stands_out = (np.abs(departure) > STANDS_OUT * routine.scale) & (overall > STANDS_OUT)
+            shortfall = np.where(stands_out & ~routine.warming, np.clip(missed, 0.0, 1.5), 0.0)
+        return _Assessed(ids, t, x, forecasts, expected, scale, deviation, point, choice, shortfall)
 
     def _settings(self) -> tuple[float, float, float, float, float, float]:
         return (
@@ -146,63 +213,113 @@ class AutoModel:
             float(self.adopt_after),
         )
 
-    def _forecasts(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> tuple[Assessment, Assessment]:
-        """Both forecasters' view of a batch about to be learned.
+    def _assessed(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> _Assessed:
+        """The forecasters' view of a batch about to be learned.
 
         The engine learns each batch right after assessing it, with the same
-        arrays and no learning in between, so :meth:`assess`'s forecasts are
-        reused rather than computed twice.
+        arrays and no learning in between, so :meth:`assess`'s work is reused
+        rather than done twice.
         """
-        last, self._last_assessed = self._last_assessed, None
-        if last is not None and last[0] is ids and last[1] is t and last[2] is x:
-            return last[3], last[4]
-        return self.flat.assess(ids, t, x), self.seasonal.assess(ids, t, x)
+        last, self._last = self._last, None
+        if last is not None and last.ids is ids and last.t is t and last.x is x:
+            return last
+        return self._assess(ids, t, x)
 
     def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
-        self._last_assessed = None
-        self.flat.adopt(ids, shift)
-        self.seasonal.adopt(ids, shift)
+        self._last = None
+        for part in self._parts().values():
+            if isinstance(part, PatternStatistics):
+                part.adopt(ids)
+            else:
+                part.adopt(ids, shift)
         for name in ("mean_deviation", "run", "run_sum"):
             self.own[name][ids] = 0
 
-    def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
-        flat, seasonal = self._forecasts(ids, t, x)
+    def learn(
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
+    ) -> None:
+        assessed = self._assessed(ids, t, x)
+        forecasts = assessed.forecasts
+        seen = np.asarray(weight) > 0 if seen is None else np.asarray(seen, dtype=bool)
+        routine_level = self._routine.arrays["level"] if self._routine is not None else np.zeros(0)
+        routine_last_t = self._routine.arrays["last_t"] if self._routine is not None else np.zeros(0)
         _learn_kernel(
             *(
                 self.own[name]
-                for name in ("error_flat", "error_seasonal", "mean_deviation", "run", "run_sum")
+                for name in (
+                    "error_flat",
+                    "error_seasonal",
+                    "error_routine",
+                    "error_usual",
+                    "mean_deviation",
+                    "run",
+                    "run_sum",
+                )
             ),
             self.flat.arrays["level"],
             self.seasonal.arrays["level"],
+            routine_level,
+            routine_last_t,
             np.asarray(ids, dtype=np.int64),
+            np.asarray(t, dtype=np.float64),
             np.asarray(x, dtype=np.float64),
             np.asarray(weight, dtype=np.float64),
-            flat.expected,
-            flat.deviation,
-            flat.warming,
-            seasonal.expected,
-            seasonal.deviation,
+            tuple(f.expected for f in forecasts),
+            assessed.point,
+            assessed.choice,
+            forecasts[_FLAT].warming,
+            seen,
             self._settings(),
         )
-        self.flat.learn(ids, t, x, weight)
-        self.seasonal.learn(ids, t, x, weight)
+        for part in self._parts().values():
+            if isinstance(part, PatternStatistics):
+                part.learn(ids, t, x, assessed.point, weight, seen, assessed.shortfall)
+            elif isinstance(part, DailyRoutine):
+                part.learn(ids, t, x, weight, seen)
+            else:
+                part.learn(ids, t, x, weight)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        state = {f"flat.{k}": v for k, v in self.flat.state_dict().items()}
-        state.update({f"seasonal.{k}": v for k, v in self.seasonal.state_dict().items()})
-        state.update({k: v.copy() for k, v in self.own.items()})
+        state = {
+            f"{prefix}.{name}": value
+            for prefix, part in self._parts().items()
+            for name, value in part.state_dict().items()
+        }
+        state.update({name: self.own[name].copy() for name in self._own_specs})
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self._last_assessed = None
-        self.flat.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flat.")})
-        self.seasonal.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("seasonal.")})
+        self._last = None
+        for prefix, part in self._parts().items():
+            start = len(prefix) + 1
+            part.load_state_dict({k[start:]: v for k, v in state.items() if k.startswith(prefix + ".")})
         for name, (dtype, _) in self._own_specs.items():
+            if name not in state:
+                raise ValueError(f"AutoModel state lacks {name!r}; it was saved by a different version")
             self.own[name] = np.asarray(state[name], dtype=dtype).copy()
 
     def nbytes_per_series(self) -> int:
         own = sum(np.dtype(dtype).itemsize for dtype, _ in self._own_specs.values())
-        return self.flat.nbytes_per_series() + self.seasonal.nbytes_per_series() + own
+        return sum(part.nbytes_per_series() for part in self._parts().values()) + own
+
+    def __repr__(self) -> str:
+        return f"AutoModel(routine={self.routine}, patterns={self.patterns})"
+
+
+@dataclass(frozen=True)
+class _Assessed:
+    """One batch as :meth:`AutoModel.assess` saw it: inputs, each forecaster's view and the choice."""
+
+    ids: np.ndarray
+    t: np.ndarray
+    x: np.ndarray
+    forecasts: list[Assessment]
+    expected: np.ndarray
+    scale: np.ndarray
+    deviation: np.ndarray
+    point: np.ndarray
+    choice: np.ndarray
+    shortfall: np.ndarray | None
 
 
 @njit(cache=True)
@@ -211,74 +328,104 @@ def _next_mean_deviation(mean: float, point: float, rate: float) -> float:
 
 
 @njit(cache=True)
+def _usual(error_flat, error_seasonal, row, margin):  # type: ignore[no-untyped-def]
+    """Flat or seasonal: the seasonal forecaster only when clearly better."""
+    return _SEASONAL if error_seasonal[row] < margin * error_flat[row] else _FLAT
+
+
+@njit(cache=True)
+def _choose(error_flat, error_seasonal, error_routine, error_usual, row, margin, forecasters):  # type: ignore[no-untyped-def]
+    """The forecaster a series uses: the routine only when clearly better than the usual choice over days."""
+    if forecasters > _ROUTINE and error_routine[row] < margin * error_usual[row]:
+        return _ROUTINE
+    return _usual(error_flat, error_seasonal, row, margin)
+
+
+@njit(cache=True)
 def _combine_kernel(  # type: ignore[no-untyped-def]
     error_flat,
     error_seasonal,
+    error_routine,
+    error_usual,
     mean_deviation,
     ids,
-    flat_expected,
-    flat_scale,
-    flat_deviation,
-    seasonal_expected,
-    seasonal_scale,
-    seasonal_deviation,
+    expected_by,
+    scale_by,
+    deviation_by,
     settings,
 ):
     """The chosen forecaster's view of each point, and the larger of its point and shift deviations."""
     margin, shift_rate, shift_factor = settings[0], settings[1], settings[2]
-    n = len(ids)
-    expected, scale, deviation = np.empty(n), np.empty(n), np.empty(n)
+    n, forecasters = len(ids), len(expected_by)
+    expected, scale, deviation, point = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    choice = np.empty(n, dtype=np.int8)
     for i in range(n):
         row = ids[i]
-        seasonal = error_seasonal[row] < margin * error_flat[row]
-        expected[i] = seasonal_expected[i] if seasonal else flat_expected[i]
-        scale[i] = seasonal_scale[i] if seasonal else flat_scale[i]
-        point = seasonal_deviation[i] if seasonal else flat_deviation[i]
-        shift = shift_factor * _next_mean_deviation(mean_deviation[row], point, shift_rate)
-        deviation[i] = shift if abs(shift) > abs(point) else point
-    return expected, scale, deviation
+        c = _choose(error_flat, error_seasonal, error_routine, error_usual, row, margin, forecasters)
+        choice[i] = c
+        expected[i], scale[i], point[i] = expected_by[c][i], scale_by[c][i], deviation_by[c][i]
+        shift = shift_factor * _next_mean_deviation(mean_deviation[row], point[i], shift_rate)
+        deviation[i] = shift if abs(shift) > abs(point[i]) else point[i]
+    return expected, scale, deviation, point, choice
 
 
 @njit(cache=True)
 def _learn_kernel(  # type: ignore[no-untyped-def]
     error_flat,
     error_seasonal,
+    error_routine,
+    error_usual,
     mean_deviation,
     run,
     run_sum,
     flat_level,
     seasonal_level,
+    routine_level,
+    routine_last_t,
     ids,
+    t,
     x,
     weight,
-    flat_expected,
-    flat_deviation,
+    expected_by,
+    point,
+    choice,
     flat_warming,
-    seasonal_expected,
-    seasonal_deviation,
+    seen,
     settings,
 ):
-    """Forecaster errors, the shift statistic, and level adoption after a sustained shift."""
+    """Forecaster errors, the shift statistic, and level adoption after a sustained shift.
+
+    The routine is compared with the usual choice (flat or seasonal) over a
+    day, on every seen point, flagged or not: whether a series has a daily
+    routine is a question about whole days, and a routine that has learned a
+    nightly burst must get the credit for it on the nights it alerts no more.
+    """
     margin, shift_rate, _, error_rate, adopt_z, adopt_after = settings
+    forecasters = len(expected_by)
     for i in range(len(ids)):
         row, w = ids[i], weight[i]
-        seasonal = error_seasonal[row] < margin * error_flat[row]
-        point = seasonal_deviation[i] if seasonal else flat_deviation[i]
-        # A point with no weight (a gap, a silenced point) teaches nothing, not even errors.
+        # A point with no weight (a gap, a flagged point) teaches the shift statistic nothing.
         warm = not flat_warming[i] and w > 0
         if warm:
-            mean_deviation[row] = _next_mean_deviation(mean_deviation[row], point, shift_rate)
+            mean_deviation[row] = _next_mean_deviation(mean_deviation[row], point[i], shift_rate)
         elif w > 0:
             mean_deviation[row] = 0.0
+        if forecasters > _ROUTINE and seen[i]:
+            usual = _usual(error_flat, error_seasonal, row, margin)
+            gap = t[i] - routine_last_t[row]
+            day_rate = 1.0 - 0.5 ** (min(gap, _DAY) / _DAY) if np.isfinite(gap) and gap > 0 else 0.0
+            for errors, k in ((error_routine, _ROUTINE), (error_usual, usual)):
+                error = abs(x[i] - expected_by[k][i])
+                errors[row] = error if flat_warming[i] else errors[row] + day_rate * (error - errors[row])
         if w > 0:
-            for errors, forecast in ((error_flat, flat_expected[i]), (error_seasonal, seasonal_expected[i])):
-                error = abs(x[i] - forecast)
+            for errors, k in ((error_flat, _FLAT), (error_seasonal, _SEASONAL)):
+                error = abs(x[i] - expected_by[k][i])
                 errors[row] = error if flat_warming[i] else errors[row] + error_rate * (error - errors[row])
         if not warm:
             continue
-        residual = x[i] - (seasonal_expected[i] if seasonal else flat_expected[i])
-        side = np.sign(point)
-        if abs(point) > adopt_z:
+        residual = x[i] - expected_by[choice[i]][i]
+        side = np.sign(point[i])
+        if abs(point[i]) > adopt_z:
             if np.sign(run[row]) == side:
                 run[row] += np.int32(side)
                 run_sum[row] += residual
@@ -290,4 +437,6 @@ def _learn_kernel(  # type: ignore[no-untyped-def]
             offset = run_sum[row] / abs(run[row])
             flat_level[row] += offset
             seasonal_level[row] += offset
+            if forecasters > _ROUTINE:
+                routine_level[row] += offset
             run[row], run_sum[row], mean_deviation[row] = 0, 0.0, 0.0

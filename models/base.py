@@ -34,6 +34,8 @@ FloatArray = np.ndarray
 #: name -> (dtype, trailing shape, initial value) of each per-series array.
 FieldSpecs = dict[str, tuple[type, tuple[int, ...], float]]
 IdArray = np.ndarray
+#: One boolean per point of a batch.
+Mask = np.ndarray
 
 #: Smallest scale any model reports, so a perfectly flat series still yields
 #: finite deviations (a change on it is then very large, which is right).
@@ -50,19 +52,59 @@ def scale_floor(level: np.ndarray) -> np.ndarray:
 MEAN_ABS_TO_SIGMA = 1.2533141373155003
 
 
+#: What a :class:`Pattern` is about; its ``kind`` indexes this tuple ("" for nothing).
+PATTERN_KINDS = ("", "flat", "routine", "spikes", "spread")
+FLAT, ROUTINE, SPIKES, SPREAD = 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """What a model saw in the recent *pattern* of each point's series, beside the point itself.
+
+    Some incidents have no extreme point in them: a series that stops
+    changing, a burst that should come at this time of day and does not, a
+    series twice as noisy or spiking ten times as often around the same mean.
+    ``deviation`` is the most unusual such statistic (0 where none is), signed
+    (negative: less than usual, as a flat series or a missing burst;
+    positive: more, as a noisier or spikier one) and already standardised on
+    the standard normal scale: its one-sided tail ``Phi(-|deviation|)`` is
+    (an upper bound of) the share of the series' own past points whose
+    statistic was at least this extreme.  It is not a forecast error, so the
+    engine neither whitens it nor passes it through the point calibration
+    (see :mod:`detector.engine`).
+
+    ``kind`` says which statistic (an index into :data:`PATTERN_KINDS`) and
+    ``seen`` and ``usual`` its value now and its usual value, for the
+    explanation: for ``flat``, seconds unchanged and the longest flat stretch
+    in the model's memory (seconds); for ``routine``, the share of the daily
+    routine recently missed (1: a burst that did not come at all) and the
+    value the routine expected; for ``spikes``, spikes in the recent window and how many
+    such a window usually holds; for ``spread``, the recent spread as a
+    multiple of the usual one, and the largest multiple ordinarily seen.
+    """
+
+    deviation: FloatArray
+    kind: np.ndarray
+    seen: FloatArray
+    usual: FloatArray
+
+
 @dataclass(frozen=True)
 class Assessment:
     """What a model thought of a batch of points before learning from them.
 
     ``deviation`` is signed and in units of ``scale`` (a z-like number, not a
     probability): calibration turns it into one.  ``warming`` is true for series
-    the model has not yet seen enough of to trust its own forecast.
+    the model has not yet seen enough of to trust its own forecast.  A model
+    that also watches patterns (:class:`Pattern`) reports them in ``pattern``;
+    None means it does not.
     """
 
     expected: FloatArray
     scale: FloatArray
     deviation: FloatArray
     warming: np.ndarray
+    pattern: Pattern | None = None
 
 
 @runtime_checkable
@@ -78,8 +120,20 @@ class OnlineModel(Protocol):
     def reset(self, ids: IdArray) -> None:
         """Return these series to cold state."""
 
-    def learn(self, ids: IdArray, t: FloatArray, x: FloatArray, weight: FloatArray) -> None:
-        """Update each series with its point, each weighted in [0, 1]."""
+    def learn(
+        self, ids: IdArray, t: FloatArray, x: FloatArray, weight: FloatArray, seen: Mask | None = None
+    ) -> None:
+        """Update each series with its point, each weighted in [0, 1].
+
+        ``seen`` marks the points that are real new samples to follow
+        (default: those with a positive weight).  A point may be seen and
+        still teach nothing (weight 0: it is flagged, or inside an open
+        alert): a model may then follow it in what it tracks of the present
+        (the current run of equal values, a recent window), not in what it
+        learns as normal (one exception, argued where it is made:
+        :class:`models.routine.DailyRoutine`).  Gaps, repeated samples and
+        points inside maintenance windows are not seen.
+        """
 
     def adopt(self, ids: IdArray, shift: FloatArray) -> None:
         """Move these series' baseline by ``shift`` (in the series' units): a new normal.
@@ -170,6 +224,11 @@ class ArrayState:
             int(np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64)))
             for dtype, shape, _ in self.field_specs().values()
         )
+
+
+def as_floats(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each array as float64, what the compiled kernels take (no copy when it already is)."""
+    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
 
 
 def learning_rate(halflife: float) -> float:

@@ -11,6 +11,7 @@ from models.base import (
     ArrayState,
     Assessment,
     FieldSpecs,
+    Mask,
     learning_rate,
     scale_floor,
     warmup_rate,
@@ -171,7 +172,9 @@ class LevelShift(ArrayState):
         for name in ("up", "up_n", "up_sum", "down", "down_n", "down_sum"):
             self.arrays[name][ids] = 0.0
 
-    def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
+    def learn(
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
+    ) -> None:
         a = self.arrays
         seen = a["seen"][ids]
         old_level, mean_abs = a["level"][ids], a["mean_abs"][ids]

@@ -13,6 +13,7 @@ from models.base import (
     ArrayState,
     Assessment,
     FieldSpecs,
+    Mask,
     learning_rate,
 )
 
@@ -86,7 +87,9 @@ class RobustEWMA(ArrayState):
     def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
         self.arrays["level"][ids] += shift
 
-    def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
+    def learn(
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
+    ) -> None:
         _learn_kernel(
             self.arrays["level"],
             self.arrays["mean_abs"],

@@ -11,6 +11,7 @@ from models.base import (
     ArrayState,
     Assessment,
     FieldSpecs,
+    Mask,
     learning_rate,
     scale_floor,
     warmup_rate,
@@ -155,7 +156,9 @@ class RobustQuantile(ArrayState):
     def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
         self.arrays["median"][ids] += shift
 
-    def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
+    def learn(
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
+    ) -> None:
         a = self.arrays
         seen = a["seen"][ids]
         median, mad, off, size = a["median"][ids], a["mad"][ids], a["off"][ids], a["size"][ids]

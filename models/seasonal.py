@@ -11,6 +11,8 @@ from models.base import (
     ArrayState,
     Assessment,
     FieldSpecs,
+    Mask,
+    as_floats,
     learning_rate,
 )
 
@@ -18,7 +20,43 @@ DAY = 86_400.0
 WEEK = 7 * DAY
 
 
-class SeasonalProfile(ArrayState):
+class PhaseModel(ArrayState):
+    """What the models of a shape over a period share: its hyper-parameters and a movable level.
+
+    The forecast is ``level`` plus the shape at the time's phase; a new
+    normal (:meth:`adopt`) moves the level and keeps the shape.  See
+    :class:`SeasonalProfile` and :class:`models.routine.DailyRoutine` for the
+    parameters and examples.
+    """
+
+    def __init__(
+        self,
+        period: float,
+        bins: int,
+        halflife: float,
+        season_halflife: float,
+        scale_halflife: float,
+        huber: float,
+        calm_fraction: float,
+        warmup: int,
+    ) -> None:
+        if period <= 0 or bins < 2:
+            raise ValueError(f"period must be positive and bins >= 2, got {period}, {bins}")
+        self.period = period
+        self.bins = bins
+        self.halflife = halflife
+        self.season_halflife = season_halflife
+        self.scale_halflife = scale_halflife
+        self.huber = huber
+        self.calm_fraction = calm_fraction
+        self.warmup = warmup
+        super().__init__()
+
+    def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
+        self.arrays["level"][ids] += shift
+
+
+class SeasonalProfile(PhaseModel):
     """Level plus a time-of-period profile plus a day-of-week offset.
 
     The forecast for time ``t`` is ``level + profile(t) + weekday(t)``, where
@@ -77,20 +115,12 @@ class SeasonalProfile(ArrayState):
         calm_fraction: float = 0.25,
         warmup: int = 30,
     ) -> None:
-        if period <= 0 or bins < 2:
-            raise ValueError(f"period must be positive and bins >= 2, got {period}, {bins}")
-        self.period = period
-        self.bins = bins
         self.weekly = weekly
-        self.halflife = halflife
-        self.season_halflife = season_halflife
-        self.scale_halflife = scale_halflife
-        self.huber = huber
-        self.calm_fraction = calm_fraction
-        self.warmup = warmup
+        super().__init__(
+            period, bins, halflife, season_halflife, scale_halflife, huber, calm_fraction, warmup
+        )
         self._level_rate = learning_rate(halflife)
         self._scale_rate = learning_rate(scale_halflife)
-        super().__init__()
 
     def field_specs(self) -> FieldSpecs:
         return {
@@ -105,18 +135,17 @@ class SeasonalProfile(ArrayState):
 
     def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:
         expected, scale, deviation, warming = _assess_kernel(
-            *self._state(), np.asarray(ids, dtype=np.int64), *_floats(t, x), self._shape_settings()
+            *self._state(), np.asarray(ids, dtype=np.int64), *as_floats(t, x), self._shape_settings()
         )
         return Assessment(expected, scale, deviation, warming)
 
-    def adopt(self, ids: np.ndarray, shift: np.ndarray) -> None:
-        self.arrays["level"][ids] += shift
-
-    def learn(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray) -> None:
+    def learn(
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
+    ) -> None:
         _learn_kernel(
             *self._state(),
             np.asarray(ids, dtype=np.int64),
-            *_floats(t, x, weight),
+            *as_floats(t, x, weight),
             self._shape_settings(),
             (self.huber, self._level_rate, self._scale_rate, self.season_halflife),
         )
@@ -169,10 +198,6 @@ class SeasonalProfile(ArrayState):
 
     def __repr__(self) -> str:
         return f"SeasonalProfile(period={self.period}, bins={self.bins}, weekly={self.weekly})"
-
-
-def _floats(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
 
 
 # The kernels below are the model's arithmetic, one series at a time, compiled:

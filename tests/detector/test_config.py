@@ -217,7 +217,7 @@ def test_engines_do_not_share_state() -> None:
 
 
 def test_registry_holds_the_models() -> None:
-    assert set(MODELS) == {"auto", "ewma", "seasonal", "quantile", "changepoint"}
+    assert set(MODELS) == {"auto", "ewma", "seasonal", "quantile", "changepoint", "routine"}
     assert MODELS["ewma"] is RobustEWMA and MODELS["seasonal"] is SeasonalProfile
 
 
