@@ -25,7 +25,8 @@ series in one batch per step as the live service does:
 (e) (a) again with the same fleet scraped every 15 s (``--short-interval``): the
     budget is spent over each series' own sampling interval, so it should hold there too.
 
-Usage: ``python benchmarks/fleet.py [--days 14] [--services 20] [--warmup-days 2] [--short-interval 15] [--quick]``
+Usage: ``python benchmarks/fleet.py [--days 14] [--services 20] [--warmup-days 2]
+[--short-interval 15] [--quick]``
 """
 
 from __future__ import annotations
