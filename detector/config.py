@@ -3,7 +3,8 @@
 The file is small and every key is optional::
 
     model: auto            # auto, ewma, seasonal, quantile, changepoint or routine
-    model_params: {}       # the model's constructor arguments
+    model_params: {}       # the model's constructor arguments; for auto, {routine: true, patterns: true}
+                           # adds the opt-in pattern detectors (models/patterns.py)
     calibration: {memory: 10000, warmup: 100}
     alerting: {false_alerts_per_week: 1.0,   # or false_alerts_per_day: N (whole detector)
                resolve_after: 2m, cooldown: 30m, accept_shift_after: 2h, direction: both,
