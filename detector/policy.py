@@ -100,7 +100,9 @@ cannot open for ``cooldown`` seconds after, so one incident is one alert.
 
 A shift that persists is accepted as the new normal after
 ``accept_shift_after`` seconds of alerting (default 2 hours), on a point that
-still deviates (a series already coming back is not accepted): the policy
+still deviates: one that adds evidence, or one at least halfway to the shift,
+on its side (a single calm point of a shift not much larger than the noise is
+not a return; a series already coming back is not accepted): the policy
 resolves the alert with that reason (:attr:`AlertDecision.accepted`) and
 reports the shift's size (the recent mean of observed minus expected), which
 the engine adopts as the model's new level.  Why 2 hours: an outage must not
@@ -732,12 +734,19 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
                         gap if np.isnan(previous) else previous + _SHIFT_RATE * (gap - previous)
                     )
             calm = not counts or pv > EVIDENCE_P
+            # A point at least halfway to the shift's size, on its side, has not come back (a
+            # single calm point of a shift smaller than the noise has not either).
+            still_shifted = (
+                sized
+                and np.isfinite(shift_state[row])
+                and (observed[i] - expected[i]) * shift_state[row] >= 0.5 * shift_state[row] ** 2
+            )
             run = quiet_run[row] + 1 if calm else 0
             spacing = interval[row] if interval[row] > 0 else DEFAULT_INTERVAL
             resolves = was_firing and run >= max(MIN_RESOLVE_POINTS, np.ceil(resolve_after / spacing - 1e-9))
             accepted = (
                 was_firing
-                and not calm
+                and (not calm or still_shifted)
                 and accept_after > 0
                 and now - since_state[row] >= accept_after
                 and not hold[row]

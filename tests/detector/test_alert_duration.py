@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from detector import Engine
+from detector import AlertPolicy, Engine
 from detector.backtest import run_backtest
 from detector.config import build_engine, parse_config
 from detector.engine import ScoredBatch
 from detector.evaluation import cover_series, load_labels
 from detector.incidents import IncidentTracker, transition_points
+from detector.policy import AlertDecision
 from detector.recorded import read_recording
 
 STEP = 60.0
@@ -200,3 +201,37 @@ def test_the_replayed_web_traffic_outage_is_covered_from_onset_to_return() -> No
     [incident] = cover_series(result, load_labels(root / "incidents.json")[name])
     assert incident.coverage >= 0.9 and incident.onsets == 1 and incident.firing_at_end
     assert result.alerts == 1
+
+
+def _alert_for_an_hour_then(deviation: float) -> tuple[bool, bool]:
+    """A policy alerting on a shift of 10 for an hour, then one calm point ``deviation`` from the forecast.
+
+    Returns whether that point accepted the shift and whether the alert is still open after it.
+    """
+    policy = AlertPolicy(accept_shift_after=3600.0)
+    policy.resize(1)
+    ids, k, since = np.array([0]), 0, np.inf
+
+    def point(p: float, observed: float) -> AlertDecision:
+        return policy.decide(
+            ids, np.array([STEP * k]), np.array([p]), np.ones(1), np.array([observed]), np.zeros(1)
+        )
+
+    while STEP * k < since + 3600.0:
+        decision = point(1e-6, 10.0)
+        since = min(since, float(decision.since[0]) if decision.firing[0] else np.inf)
+        k += 1
+    assert decision.firing[0] and not decision.accepted[0]
+    calm = point(0.5, deviation)
+    return bool(calm.accepted[0]), bool(calm.firing[0])
+
+
+def test_a_shift_is_accepted_on_a_calm_point_that_has_not_come_back() -> None:
+    # Past accept_shift_after, a point that adds no evidence but still sits near the shift's level
+    # (a shift not much larger than the noise has such points) does not keep the alert open.
+    assert _alert_for_an_hour_then(8.0) == (True, False)
+
+
+def test_a_series_coming_back_is_not_accepted_at_the_level_it_is_leaving() -> None:
+    # Accepting here would adopt the outage's level as the new normal just as the series returns.
+    assert _alert_for_an_hour_then(1.0) == (False, True)
