@@ -164,14 +164,24 @@ class AutoModel:
         for name, (_, initial) in self._own_specs.items():
             self.own[name][ids] = initial
 
-    def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:
+    @property
+    def takes_raw(self) -> bool:
+        """Whether the pattern statistics watch for repeats, which need the samples undithered."""
+        return self._patterns is not None
+
+    def assess(
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, raw: np.ndarray | None = None
+    ) -> Assessment:
+        """Forecast and deviation of each point; ``raw``: the samples before the engine's dither."""
         assessed = self._assess(ids, t, x)
         self._last = assessed
         flat = assessed.forecasts[_FLAT]
         pattern = None
         if self._patterns is not None:
             routine = assessed.forecasts[_ROUTINE].expected if self._routine is not None else None
-            pattern = self._patterns.assess(ids, t, x, assessed.point, assessed.shortfall, routine)
+            pattern = self._patterns.assess(
+                ids, t, x if raw is None else raw, assessed.point, assessed.shortfall, routine
+            )
         return Assessment(assessed.expected, assessed.scale, assessed.deviation, flat.warming, pattern)
 
     def _assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> _Assessed:
@@ -236,7 +246,13 @@ class AutoModel:
             self.own[name][ids] = 0
 
     def learn(
-        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
+        self,
+        ids: np.ndarray,
+        t: np.ndarray,
+        x: np.ndarray,
+        weight: np.ndarray,
+        seen: Mask | None = None,
+        raw: np.ndarray | None = None,
     ) -> None:
         assessed = self._assessed(ids, t, x)
         forecasts = assessed.forecasts
@@ -273,7 +289,8 @@ class AutoModel:
         )
         for part in self._parts().values():
             if isinstance(part, PatternStatistics):
-                part.learn(ids, t, x, assessed.point, weight, seen, assessed.shortfall)
+                exact = x if raw is None else raw
+                part.learn(ids, t, exact, assessed.point, weight, seen, assessed.shortfall)
             elif isinstance(part, DailyRoutine):
                 part.learn(ids, t, x, weight, seen)
             else:

@@ -5,7 +5,8 @@ they read (see :class:`models.auto.AutoModel`):
 
 * **flat**: how many samples in a row the series has stayed where the run
   began, within a hundredth of its usual change from one sample to the next
-  (and never more than 1, the engine's dither of a count): a stuck exporter, a
+  (read from the samples as scraped, before the engine's dither of a count:
+  see :class:`models.base.OnlineModel`): a stuck exporter, a
   pipeline that stopped, a busy series gone perfectly flat.  Only for a
   series that changes at all but :data:`FLAT_BUSY` of its samples: one that
   idles at zero most of the time has runs as long as its quiet spells, with
@@ -82,8 +83,8 @@ SPIKE_STEP = 0.2
 SPIKE_HALFLIFE = 60.0
 SPREAD_HALFLIFE = 30.0
 ROUTINE_HALFLIFE = 5.0
-#: A value within this share of the series' usual change per sample (at most 1) of the run's
-#: first value continues a flat run.
+#: A value within this share of the series' usual change per sample of the run's first value
+#: continues a flat run.
 FLAT_TOLERANCE = 0.01
 #: The flat statistic watches series whose samples are unchanged at most this often.
 FLAT_BUSY = 0.2
@@ -207,6 +208,8 @@ class PatternStatistics(ArrayState):
     ) -> Pattern:
         """The most unusual pattern of each point's series, the point included, learning nothing.
 
+        ``x`` are the samples as scraped (a dithered count is never flat),
+        ``deviation`` the point deviations of the caller's forecaster;
         ``shortfall`` is how far each point falls short of its daily routine
         where that stands out (0 elsewhere), ``routine`` the routine's
         expected value (both NaN-free; None: no routine).
@@ -437,8 +440,7 @@ _KEEP = 1.0 - 1.0 / MEMORY
 @njit(cache=True)
 def _present(s, row, x, deviation, short):  # type: ignore[no-untyped-def]
     """Run length, routine shortfall, spike count, recent mean deviation and spread, this point included."""
-    # Up to 1: a count the engine dithers moves by less than 1 when it does not change.
-    tolerance = max(min(FLAT_TOLERANCE * s.step[row], 1.0), 1e-9 * max(1.0, abs(x)))
+    tolerance = max(FLAT_TOLERANCE * s.step[row], 1e-9 * max(1.0, abs(x)))
     length = s.run[row] + 1.0 if abs(x - s.anchor[row]) <= tolerance else 1.0
     missing = s.shortfall[row] + _ROUTINE_RATE * (short - s.shortfall[row])
     spikes = s.spike_count[row] * _SPIKE_KEEP + (

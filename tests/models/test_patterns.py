@@ -8,6 +8,8 @@ sample.  The end-to-end test runs the real engine and incident tracker.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -190,6 +192,30 @@ def test_the_policy_rises_to_a_pattern_level_one_strong_point_at_a_time() -> Non
     steps = np.diff([0.0, *levels])
     assert np.all(steps <= -np.log(1e-4) + np.log(0.05) + 1e-9)
     assert levels[-1] == pytest.approx(-np.log(1e-20) + np.log(0.05))
+
+
+def run_engine(x: np.ndarray, t0: float = 1_700_000_000.0) -> list[tuple[int, Any]]:
+    """Every point through the engine and incident tracker, patterns on; returns (index, event)s."""
+    config = parse_config({"model_params": {"routine": True, "patterns": True}})
+    engine, tracker = build_engine(config), build_tracker(config, "cpu")
+    key, labels = 'cpu{job="api"}', {'cpu{job="api"}': {"__name__": "cpu", "job": "api"}}
+    ids = engine.register([key])
+    events = []
+    for k in range(len(x)):
+        t = np.array([t0 + MINUTE * k])
+        out = engine.process(ids, t, x[k : k + 1])
+        events += [(k, e) for e in tracker.observe(float(t[0]), [key], labels, t, x[k : k + 1], out, "auto")]
+    return events
+
+
+def test_a_stuck_count_alerts_although_the_engine_dithers_counts() -> None:
+    rng = np.random.default_rng(8)
+    n, stuck = 3 * DAY, 3 * DAY - 120
+    x = np.round(40 + 5 * np.sin(np.arange(n) * 2 * np.pi / DAY) + rng.normal(0, 3, n))
+    x[stuck:] = x[stuck - 1]
+    opened = [(k, e) for k, e in run_engine(x) if e.change == "opened"]
+    assert opened and all(k >= stuck for k, _ in opened)
+    assert opened[0][1].top.pattern == "flat"
 
 
 def test_a_stuck_exporter_alerts_through_the_engine_and_the_alert_says_so() -> None:
