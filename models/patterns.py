@@ -128,6 +128,7 @@ _FIELDS: FieldSpecs = {
     "unchanged": (np.float32, (), 0.0),
     "run_start": (np.float64, (), np.nan),
     "run": (np.float32, (), 0.0),
+    "run_span": (np.float32, (), 0.0),
     "longest": (np.float32, (), 0.0),
     "shortfall": (np.float32, (), 0.0),
     "spike_count": (np.float32, (), 0.0),
@@ -543,6 +544,7 @@ def _learn_kernel(s, ids, t, x, deviation, short, weight, seen, found, settings)
         length, missing, spikes, mean, spread = _present(s, row, x[i], deviation[i], short[i])
         beyond = abs(deviation[i]) > s.spike_level[row]
         finished = s.run[row] if length == 1.0 else 0.0
+        finished_span = s.run_span[row]
         if length == 1.0:
             s.anchor[row], s.run_start[row] = x[i], t[i]
         if w > 0:
@@ -576,12 +578,15 @@ def _learn_kernel(s, ids, t, x, deviation, short, weight, seen, found, settings)
             spike_w = min(tails * spike / PROTECT_BELOW, 1.0)
             wide_w = min(tails * wide / PROTECT_BELOW, 1.0)
             # A flat run is counted when it ends, so a run in progress never vouches for itself,
-            # and one that ended while flagged is not counted at all.
+            # and one that ended while flagged is not counted at all; nor is it the longest run,
+            # the explanation's "never flat for more than", which must not include the incident.
+            s.longest[row] *= np.float32(_KEEP)
             if finished >= 2.0:
                 ended = _survival(s.counts, row, _OFFSETS[0], _FLAT, finished, s.total[row], u, np.nan)
-                _count_run(
-                    s.counts, row, finished, np.float32(w * u * min(tails * ended / PROTECT_BELOW, 1.0))
-                )
+                ended_w = min(tails * ended / PROTECT_BELOW, 1.0)
+                _count_run(s.counts, row, finished, np.float32(w * u * ended_w))
+                if ended_w >= 1.0:
+                    s.longest[row] = max(s.longest[row], finished_span)
             # An excursion of a windowed statistic into its tail is counted when it ends, weighed
             # by its most extreme tail: like a flat run, it must not vouch for itself while it lasts.
             amount = np.float32(w * u)
@@ -619,9 +624,8 @@ def _learn_kernel(s, ids, t, x, deviation, short, weight, seen, found, settings)
             if np.isfinite(change):
                 s.step[row] += rate * flat_w * (change - s.step[row])
                 s.unchanged[row] += rate * flat_w * ((1.0 if length > 1.0 else 0.0) - s.unchanged[row])
-            if flat_w >= 1.0:
-                s.longest[row] = max(s.longest[row] * _KEEP, t[i] - s.run_start[row])
         s.run[row] = length
+        s.run_span[row] = t[i] - s.run_start[row]
         s.shortfall[row] = missing
         s.spike_count[row] = spikes
         s.spiking[row] = beyond

@@ -28,8 +28,15 @@ def feed(
     stats: PatternStatistics, x: np.ndarray, deviation: np.ndarray, flag_below: float = -4.0
 ) -> list[Pattern]:
     """Every point through assess and learn, one series, one sample a minute; returns the patterns."""
+    return feed_on(stats, x, deviation, flag_below)
+
+
+def feed_on(
+    stats: PatternStatistics, x: np.ndarray, deviation: np.ndarray, flag_below: float = -4.0, start: int = 0
+) -> list[Pattern]:
+    """:func:`feed` from the point ``start`` on (its time: ``start`` minutes)."""
     ids, out = np.array([0]), []
-    for k in range(len(x)):
+    for k in range(start, len(x)):
         t, xk, dk = np.array([MINUTE * k]), x[k : k + 1], deviation[k : k + 1]
         pattern = stats.assess(ids, t, xk, dk)
         flagged = abs(pattern.deviation[0]) > -flag_below
@@ -74,6 +81,21 @@ def test_a_busy_series_gone_flat_is_found_within_minutes_and_not_before() -> Non
     # The run began at the last sample before the exporter stuck: the value it repeats.
     assert out[-1].seen[0] == pytest.approx(60 * MINUTE)
     assert out[-1].usual[0] < 5 * MINUTE
+
+
+def test_the_longest_flat_run_is_the_history_before_the_run_being_reported() -> None:
+    rng = np.random.default_rng(3)
+    stats = fresh()
+    x = np.round(500 + rng.normal(0, 4, 2 * DAY + 120), 0)
+    before = 2 * DAY
+    x[before:] = x[before - 1]
+    out = feed(stats, x[:before], (x[:before] - 500) / 5)
+    longest = float(stats.arrays["longest"][0])
+    assert 0 < longest < 30 * MINUTE
+    out = feed_on(stats, x, (x - 500) / 5, start=before)
+    flat = [p for p in out if p.kind[0] == FLAT]
+    assert flat and flat[-1].seen[0] > 100 * MINUTE
+    assert max(float(p.usual[0]) for p in flat) <= longest
 
 
 def test_a_series_idle_at_zero_most_of_the_time_is_not_watched_for_flat_runs() -> None:
