@@ -240,6 +240,17 @@ def test_a_stuck_count_alerts_although_the_engine_dithers_counts() -> None:
     assert opened[0][1].top.pattern == "flat"
 
 
+def test_a_stuck_series_alerts_for_as_long_as_it_is_stuck() -> None:
+    rng = np.random.default_rng(3)
+    n, stuck, moves = 4 * DAY, 4 * DAY - 360, 4 * DAY - 120
+    x = 40 + 5 * np.sin(np.arange(n) * 2 * np.pi / DAY) + rng.normal(0, 1, n)
+    x[stuck:moves] = x[stuck - 1]
+    changes = [(k, e.change) for k, e in run_engine(x) if e.change in ("opened", "resolved")]
+    assert changes[0][1] == "opened" and stuck <= changes[0][0] < stuck + 30
+    assert changes[1][1] == "resolved" and changes[1][0] >= moves, "not accepted as a new normal"
+    assert len(changes) == 2
+
+
 def test_a_stuck_exporter_alerts_through_the_engine_and_the_alert_says_so() -> None:
     config = parse_config({"model_params": {"routine": True, "patterns": True}})
     engine, tracker = build_engine(config), build_tracker(config, "cpu")
