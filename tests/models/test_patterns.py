@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from detector.config import build_engine, build_tracker, parse_config
+from detector.engine import ScoredBatch
 from detector.policy import AlertPolicy
 from models.auto import AutoModel
 from models.base import FLAT, PATTERN_KINDS, ROUTINE, SPIKES, SPREAD, Pattern
@@ -216,8 +217,13 @@ def test_the_policy_rises_to_a_pattern_level_one_strong_point_at_a_time() -> Non
     assert levels[-1] == pytest.approx(-np.log(1e-20) + np.log(0.05))
 
 
-def run_engine(x: np.ndarray, t0: float = 1_700_000_000.0) -> list[tuple[int, Any]]:
-    """Every point through the engine and incident tracker, patterns on; returns (index, event)s."""
+def run_engine(
+    x: np.ndarray, t0: float = 1_700_000_000.0, scored: list[ScoredBatch] | None = None
+) -> list[tuple[int, Any]]:
+    """Every point through the engine and incident tracker, patterns on; returns (index, event)s.
+
+    The engine's output for each point is appended to ``scored`` if given.
+    """
     config = parse_config({"model_params": {"routine": True, "patterns": True}})
     engine, tracker = build_engine(config), build_tracker(config, "cpu")
     key, labels = 'cpu{job="api"}', {'cpu{job="api"}': {"__name__": "cpu", "job": "api"}}
@@ -227,7 +233,26 @@ def run_engine(x: np.ndarray, t0: float = 1_700_000_000.0) -> list[tuple[int, An
         t = np.array([t0 + MINUTE * k])
         out = engine.process(ids, t, x[k : k + 1])
         events += [(k, e) for e in tracker.observe(float(t[0]), [key], labels, t, x[k : k + 1], out, "auto")]
+        if scored is not None:
+            scored.append(out)
     return events
+
+
+def test_a_regular_nightly_burst_leaves_the_hours_after_it_alone() -> None:
+    rng = np.random.default_rng(7)
+    days = 8
+    minutes = np.arange(days * DAY)
+    burst = (minutes % DAY >= 120) & (minutes % DAY < 150)
+    x = 5.0 + 100.0 * burst + rng.normal(0, 1, len(minutes))
+    scored: list[ScoredBatch] = []
+    midnight = 1_699_920_000.0
+    events = run_engine(x, midnight, scored)
+    assert not [k for k, e in events if e.change == "opened" and k >= DAY], "no alert once a day is learned"
+    # From 02:30 to 08:00 the forecast is right on average: no half-hour is off to one side.
+    deviation = np.array([float(out.deviation[0]) for out in scored])
+    for day in range(3, days):
+        after = deviation[day * DAY + 150 : day * DAY + 480]
+        assert np.abs(np.convolve(after, np.ones(30) / 30, "valid")).max() < 1.0, f"day {day}"
 
 
 def test_a_stuck_count_alerts_although_the_engine_dithers_counts() -> None:
