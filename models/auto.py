@@ -210,13 +210,15 @@ class AutoModel:
         if self._routine is not None:
             # How much of its routine each point misses, where the routine departs from the level
             # by several of its own scales there and of the series' overall ones: 1 for a burst (or
-            # dip) that should be there and is not, 0 for one that is.
+            # dip) that should be there and is not, 0 for one that is; signed as the departure.
             routine = forecasts[_ROUTINE]
             departure = routine.expected - self._routine.arrays["level"][ids]
             missed = np.divide(routine.expected - x, departure, out=np.zeros(len(x)), where=departure != 0)
             in_routine = np.abs(self._routine.routine_offset(ids, t)) > STANDS_OUT
             stands_out = (np.abs(departure) > STANDS_OUT * routine.scale) & in_routine
-            shortfall = np.where(stands_out & ~routine.warming, np.clip(missed, 0.0, 1.5), 0.0)
+            shortfall = np.where(
+                stands_out & ~routine.warming, np.clip(missed, 0.0, 1.5) * np.sign(departure), 0.0
+            )
             # Where the routine's error speaks of its level: a day after it began (before, what
             # it misses is a day not yet learned), outside its bursts and dips.
             known = t - self._routine.arrays["first_t"][ids] >= self._routine.period

@@ -131,6 +131,7 @@ _FIELDS: FieldSpecs = {
     "run_span": (np.float32, (), 0.0),
     "longest": (np.float32, (), 0.0),
     "shortfall": (np.float32, (), 0.0),
+    "routine_side": (np.int8, (), 1),
     "spike_count": (np.float32, (), 0.0),
     "spike_level": (np.float32, (), SPIKE_Z),
     "spiking": (np.bool_, (), False),
@@ -212,8 +213,10 @@ class PatternStatistics(ArrayState):
         ``x`` are the samples as scraped (a dithered count is never flat),
         ``deviation`` the point deviations of the caller's forecaster;
         ``shortfall`` is how far each point falls short of its daily routine
-        where that stands out (0 elsewhere), ``routine`` the routine's
-        expected value (both NaN-free; None: no routine).
+        where that stands out (0 elsewhere), signed as the routine departs
+        from the level there (negative for a dip, so that a dip that does not
+        come is reported high), ``routine`` the routine's expected value (both
+        NaN-free; None: no routine).
         """
         n = len(ids)
         shortfall = np.zeros(n) if shortfall is None else shortfall
@@ -443,7 +446,7 @@ def _present(s, row, x, deviation, short):  # type: ignore[no-untyped-def]
     """Run length, routine shortfall, spike count, recent mean deviation and spread, this point included."""
     tolerance = max(FLAT_TOLERANCE * s.step[row], 1e-9 * max(1.0, abs(x)))
     length = s.run[row] + 1.0 if abs(x - s.anchor[row]) <= tolerance else 1.0
-    missing = s.shortfall[row] + _ROUTINE_RATE * (short - s.shortfall[row])
+    missing = s.shortfall[row] + _ROUTINE_RATE * (abs(short) - s.shortfall[row])
     spikes = s.spike_count[row] * _SPIKE_KEEP + (
         1.0 if abs(deviation) > s.spike_level[row] and not s.spiking[row] else 0.0
     )
@@ -506,7 +509,9 @@ def _assess_kernel(s, ids, t, x, deviation, short, routine, settings):  # type: 
             seen[i] = t[i] - s.run_start[row] if length > 1 else 0.0
             usual[i] = s.longest[row]
         elif routine_tail == best:
-            kind[i], z[i] = ROUTINE, -1.0
+            # A burst that did not come leaves the series low; a dip, high.
+            side = s.routine_side[row] if short[i] == 0 else (1 if short[i] > 0 else -1)
+            kind[i], z[i] = ROUTINE, -1.0 if side > 0 else 1.0
             seen[i] = missing
             usual[i] = routine[i]
         elif spike == best:
@@ -627,6 +632,8 @@ def _learn_kernel(s, ids, t, x, deviation, short, weight, seen, found, settings)
         s.run[row] = length
         s.run_span[row] = t[i] - s.run_start[row]
         s.shortfall[row] = missing
+        if short[i] != 0:
+            s.routine_side[row] = 1 if short[i] > 0 else -1
         s.spike_count[row] = spikes
         s.spiking[row] = beyond
         s.spread_mean[row] = mean

@@ -189,6 +189,26 @@ def test_the_daily_routine_expects_a_nightly_burst_and_misses_a_missing_one() ->
     assert min(a.deviation[0] for a in missing) < -5
 
 
+def test_a_missing_nightly_dip_is_reported_high() -> None:
+    rng = np.random.default_rng(7)
+    days = 8
+    minutes = np.arange(days * DAY)
+    dip = (minutes % DAY >= 120) & (minutes % DAY < 150)
+    x = 105.0 - 100.0 * dip + rng.normal(0, 1, len(minutes))
+    x[(days - 1) * DAY + 120 : (days - 1) * DAY + 150] = 105.0 + rng.normal(0, 1, 30)
+    model = AutoModel(routine=True, patterns=True)
+    model.resize(1)
+    ids, out = np.array([0]), []
+    for m in minutes:
+        t, xm = np.array([MINUTE * m]), x[m : m + 1]
+        out.append(model.assess(ids, t, xm))
+        model.learn(ids, t, xm, np.ones(1) if m < (days - 1) * DAY else np.zeros(1), np.ones(1, bool))
+    missing = [out[(days - 1) * DAY + m].pattern for m in range(125, 150)]
+    routine = [p for p in missing if p.kind[0] == ROUTINE]
+    assert routine and all(p.deviation[0] > 0 for p in routine)
+    assert max(p.deviation[0] for p in routine) > 4
+
+
 def test_routine_learns_bins_from_seen_points_only_once_a_day_clipped() -> None:
     model = DailyRoutine(warmup=5)
     model.resize(1)
