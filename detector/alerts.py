@@ -52,7 +52,8 @@ class SeriesFinding:
     names what the p-value is about when it is not the point's own deviation
     (one of :data:`models.base.PATTERN_KINDS`: ``flat``, ``routine``,
     ``spikes``, ``spread``), with ``pattern_seen`` and ``pattern_usual`` the
-    statistic's value and its usual value (see :class:`models.base.Pattern`).
+    statistic's value and its usual value (see :class:`models.base.Pattern`),
+    and ``pattern_at`` the time of the point they were read at (0: not known).
     """
 
     key: str
@@ -70,6 +71,7 @@ class SeriesFinding:
     pattern: str = ""
     pattern_seen: float = 0.0
     pattern_usual: float = 0.0
+    pattern_at: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -448,9 +448,11 @@ class Engine:
         repeat = ~self.repeats.new(ids, t, x)
         fresh = valid & ~repeat
         self.domain.observe(ids, np.where(fresh, x, np.nan))
-        safe_x = np.where(valid, x, 0.0)
-        safe_x = safe_x + self._count_dither(ids, safe_x, valid)
-        assessment = self.model.assess(ids, t, safe_x)
+        raw_x = np.where(valid, x, 0.0)
+        safe_x = raw_x + self._count_dither(ids, raw_x, valid)
+        # A model that watches exact repeats (a stuck series) must see them without the dither.
+        raw = {"raw": raw_x} if getattr(self.model, "takes_raw", False) else {}
+        assessment = self.model.assess(ids, t, safe_x, **raw)
         model_warm = valid & ~assessment.warming
         model_z = np.where(model_warm, assessment.deviation, 0.0)
         innovation, forecast = self.whitener.whiten(ids, model_z)
@@ -474,7 +476,7 @@ class Engine:
         weight = np.where(model_warm, np.clip(p / self.protect_below, 0.0, 1.0) * trust, 1.0)
         # A shift accepted as the new normal is adopted below, not learned point by point.
         weight = np.where(decision.accepted, 0.0, weight)
-        self.model.learn(ids, t, safe_x, np.where(fresh & learn, weight, 0.0), seen=fresh & learn)
+        self.model.learn(ids, t, safe_x, np.where(fresh & learn, weight, 0.0), seen=fresh & learn, **raw)
         self.whitener.learn(
             ids,
             np.where(model_warm & fresh, model_z, np.nan),

@@ -150,8 +150,8 @@ def pattern_words(finding: SeriesFinding, verb: str = "is") -> str:
     'has been unchanged at 512 for 47 minutes; it has not stayed flat for more than 3 minutes before'
     >>> import dataclasses
     >>> pattern_words(dataclasses.replace(flat, pattern="routine", pattern_seen=0.97, pattern_usual=1.6e8,
-    ...                                   observed=2.1e6))
-    'is missing its daily routine: around 22:13 UTC it usually reaches about 1.6e+08, now 2.1e+06'
+    ...                                   observed=2.1e6, pattern_at=1700000000.0 + 1800.0))
+    'is missing its daily routine: around 22:43 UTC it usually reaches about 1.6e+08, now 2.1e+06'
     >>> pattern_words(dataclasses.replace(flat, pattern="spikes", pattern_seen=6.2, pattern_usual=0.12))
     'spiked 6 times in about the last 87 minutes, where such a stretch usually holds 0.12'
     >>> pattern_words(dataclasses.replace(flat, pattern="spread", pattern_seen=3.1, pattern_usual=1.4))
@@ -170,7 +170,8 @@ def pattern_words(finding: SeriesFinding, verb: str = "is") -> str:
         lasted = format_duration(finding.pattern_seen)
         return f"{has} unchanged at {format_value(finding.observed)} for {lasted}; {never}"
     if finding.pattern == "routine":
-        when = datetime.fromtimestamp(finding.started_at, UTC).strftime("%H:%M")
+        at = finding.pattern_at if finding.pattern_at > 0 else finding.started_at
+        when = datetime.fromtimestamp(at, UTC).strftime("%H:%M")
         return (
             f"{verb} missing its daily routine: around {when} UTC it usually reaches about "
             f"{format_value(finding.pattern_usual)}, now {format_value(finding.observed)}"
@@ -191,6 +192,9 @@ def pattern_words(finding: SeriesFinding, verb: str = "is") -> str:
 
 
 def _band(finding: SeriesFinding) -> str:
+    if finding.pattern == "routine":
+        # The point's forecast and band may be another forecaster's: say what the routine expects.
+        return f"its daily routine expects about {format_value(finding.pattern_usual)} there"
     expected = format_value(finding.expected)
     if math.isfinite(finding.lower) and math.isfinite(finding.upper):
         return f"expected {expected} (band {format_value(finding.lower)} – {format_value(finding.upper)})"

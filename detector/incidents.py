@@ -307,7 +307,7 @@ class IncidentTracker:
             if owner is None:
                 arrivals.append(i)
             else:
-                self._refine(self._incidents[owner].members[keys[i]], scored, x, i)
+                self._refine(self._incidents[owner].members[keys[i]], scored, t, x, i)
         if self._firing:
             position = dict(zip(keys, range(len(keys)), strict=True))
             for key in list(self._firing):
@@ -332,7 +332,7 @@ class IncidentTracker:
             incident.last_arrival = max(incident.last_arrival, onset)
             if changes[incident.incident_id] == "opened" and now - onset > self.late_after:
                 incident.late_by = now - onset
-            incident.members[key] = _Member(self._finding(key, labels[key], scored, x, i, model))
+            incident.members[key] = _Member(self._finding(key, labels[key], scored, t, x, i, model))
             self._firing[key] = incident.incident_id
             self._unconfirmed.discard(incident.incident_id)
         if changes:
@@ -442,7 +442,13 @@ class IncidentTracker:
 
     @staticmethod
     def _finding(
-        key: str, labels: Mapping[str, str], scored: ScoredBatch, x: np.ndarray, i: int, model: str
+        key: str,
+        labels: Mapping[str, str],
+        scored: ScoredBatch,
+        t: np.ndarray,
+        x: np.ndarray,
+        i: int,
+        model: str,
     ) -> SeriesFinding:
         return SeriesFinding(
             key=key,
@@ -457,11 +463,11 @@ class IncidentTracker:
             model=model,
             warming=bool(scored.warming[i]),
             interval=float(scored.interval[i]),
-            **_pattern(scored, i),
+            **_pattern(scored, t, i),
         )
 
     @staticmethod
-    def _refine(member: _Member, scored: ScoredBatch, x: np.ndarray, i: int) -> None:
+    def _refine(member: _Member, scored: ScoredBatch, t: np.ndarray, x: np.ndarray, i: int) -> None:
         """Keep the member's most extreme point so far as its finding."""
         p = float(scored.p_value[i])
         if p < member.finding.p_value:
@@ -475,7 +481,7 @@ class IncidentTracker:
                 direction="low" if scored.alert_sign[i] < 0 else "high",
                 warming=bool(scored.warming[i]),
                 interval=float(scored.interval[i]),
-                **_pattern(scored, i),
+                **_pattern(scored, t, i),
             )
 
     def _correlate(
@@ -580,12 +586,14 @@ def _rounds(keys: Sequence[str], t: np.ndarray) -> list[np.ndarray]:
     return [np.array(r, dtype=np.int64) for r in rounds if r]
 
 
-def _pattern(scored: ScoredBatch, i: int) -> dict[str, Any]:
+def _pattern(scored: ScoredBatch, t: np.ndarray, i: int) -> dict[str, Any]:
     """The finding's pattern fields from point ``i`` (what its p-value is about)."""
+    kind = int(scored.pattern[i])
     return {
-        "pattern": PATTERN_KINDS[int(scored.pattern[i])],
+        "pattern": PATTERN_KINDS[kind],
         "pattern_seen": float(np.nan_to_num(scored.pattern_seen[i])),
         "pattern_usual": float(np.nan_to_num(scored.pattern_usual[i])),
+        "pattern_at": float(t[i]) if kind else 0.0,
     }
 
 

@@ -100,9 +100,11 @@ cannot open for ``cooldown`` seconds after, so one incident is one alert.
 
 A shift that persists is accepted as the new normal after
 ``accept_shift_after`` seconds of alerting (default 2 hours), on a point that
-still deviates: one that adds evidence, or one at least halfway to the shift,
-on its side (a single calm point of a shift not much larger than the noise is
-not a return; a series already coming back is not accepted): the policy
+still deviates by its own deviation: one that adds evidence, or one at least
+halfway to the shift, on its side (a single calm point of a shift not much
+larger than the noise is not a return; a series already coming back is not
+accepted), and shows no pattern (a stuck series, a missing routine or a
+noisier series is no new level: its alert lasts as long as the pattern): the policy
 resolves the alert with that reason (:attr:`AlertDecision.accepted`) and
 reports the shift's size (the recent mean of observed minus expected), which
 the engine adopts as the model's new level.  Why 2 hours: an outage must not
@@ -710,6 +712,8 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
                     level_now = min(pattern_level, before + _STRONGEST_STEP)
                 evidence[row, side] = level_now
             now_level = max(evidence[row, 0], evidence[row, 1])
+            # A shift is the point's own deviation persisting, not a pattern's.
+            shifted = counts and pv <= EVIDENCE_P and not pattern_level > 0
             if pattern_level > 0 and tail < pv:
                 pv, side_sign, counts = tail, pattern_sign, True
             points[row] = points[row] * keep + 1.0
@@ -746,7 +750,7 @@ def _decide_kernel(  # type: ignore[no-untyped-def]
             resolves = was_firing and run >= max(MIN_RESOLVE_POINTS, np.ceil(resolve_after / spacing - 1e-9))
             accepted = (
                 was_firing
-                and (not calm or still_shifted)
+                and (shifted or (still_shifted and not pattern_level > 0))
                 and accept_after > 0
                 and now - since_state[row] >= accept_after
                 and not hold[row]

@@ -126,8 +126,14 @@ class AutoModel:
         if routine:
             # The routine's error and the usual choice's, both over about a day (see _learn_kernel).
             self._own_specs.update({"error_routine": (np.float64, 0.0), "error_usual": (np.float64, 0.0)})
+            # The routine's own residuals over a run that may be adopted (see _learn_kernel).
+            self._own_specs["run_sum_routine"] = (np.float64, 0.0)
+            self._own_specs["run_count_routine"] = (np.int32, 0)
         # Without a routine its errors are never read: empty arrays keep the kernels' signature.
-        self.own: dict[str, np.ndarray] = {"error_routine": np.zeros(0), "error_usual": np.zeros(0)}
+        self.own: dict[str, np.ndarray] = {
+            name: np.zeros(0) for name in ("error_routine", "error_usual", "run_sum_routine")
+        }
+        self.own["run_count_routine"] = np.zeros(0, dtype=np.int32)
         self.own.update({name: np.zeros(0, dtype=dtype) for name, (dtype, _) in self._own_specs.items()})
         self._last: _Assessed | None = None
 
@@ -164,14 +170,24 @@ class AutoModel:
         for name, (_, initial) in self._own_specs.items():
             self.own[name][ids] = initial
 
-    def assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> Assessment:
+    @property
+    def takes_raw(self) -> bool:
+        """Whether the pattern statistics watch for repeats, which need the samples undithered."""
+        return self._patterns is not None
+
+    def assess(
+        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, raw: np.ndarray | None = None
+    ) -> Assessment:
+        """Forecast and deviation of each point; ``raw``: the samples before the engine's dither."""
         assessed = self._assess(ids, t, x)
         self._last = assessed
         flat = assessed.forecasts[_FLAT]
         pattern = None
         if self._patterns is not None:
             routine = assessed.forecasts[_ROUTINE].expected if self._routine is not None else None
-            pattern = self._patterns.assess(ids, t, x, assessed.point, assessed.shortfall, routine)
+            pattern = self._patterns.assess(
+                ids, t, x if raw is None else raw, assessed.point, assessed.shortfall, routine
+            )
         return Assessment(assessed.expected, assessed.scale, assessed.deviation, flat.warming, pattern)
 
     def _assess(self, ids: np.ndarray, t: np.ndarray, x: np.ndarray) -> _Assessed:
@@ -190,18 +206,26 @@ class AutoModel:
             tuple(f.deviation for f in forecasts),
             self._settings(),
         )
-        shortfall = None
+        shortfall, off_routine = None, None
         if self._routine is not None:
             # How much of its routine each point misses, where the routine departs from the level
             # by several of its own scales there and of the series' overall ones: 1 for a burst (or
-            # dip) that should be there and is not, 0 for one that is.
+            # dip) that should be there and is not, 0 for one that is; signed as the departure.
             routine = forecasts[_ROUTINE]
             departure = routine.expected - self._routine.arrays["level"][ids]
             missed = np.divide(routine.expected - x, departure, out=np.zeros(len(x)), where=departure != 0)
-            overall = np.abs(self._routine.routine_offset(ids, t))
-            stands_out = (np.abs(departure) > STANDS_OUT * routine.scale) & (overall > STANDS_OUT)
-            shortfall = np.where(stands_out & ~routine.warming, np.clip(missed, 0.0, 1.5), 0.0)
-        return _Assessed(ids, t, x, forecasts, expected, scale, deviation, point, choice, shortfall)
+            in_routine = np.abs(self._routine.routine_offset(ids, t)) > STANDS_OUT
+            stands_out = (np.abs(departure) > STANDS_OUT * routine.scale) & in_routine
+            shortfall = np.where(
+                stands_out & ~routine.warming, np.clip(missed, 0.0, 1.5) * np.sign(departure), 0.0
+            )
+            # Where the routine's error speaks of its level: a day after it began (before, what
+            # it misses is a day not yet learned), outside its bursts and dips.
+            known = t - self._routine.arrays["first_t"][ids] >= self._routine.period
+            off_routine = known & ~in_routine
+        return _Assessed(
+            ids, t, x, forecasts, expected, scale, deviation, point, choice, shortfall, off_routine
+        )
 
     def _settings(self) -> tuple[float, float, float, float, float, float]:
         return (
@@ -232,11 +256,18 @@ class AutoModel:
                 part.adopt(ids)
             else:
                 part.adopt(ids, shift)
-        for name in ("mean_deviation", "run", "run_sum"):
-            self.own[name][ids] = 0
+        for name in ("mean_deviation", "run", "run_sum", "run_sum_routine", "run_count_routine"):
+            if len(self.own[name]):
+                self.own[name][ids] = 0
 
     def learn(
-        self, ids: np.ndarray, t: np.ndarray, x: np.ndarray, weight: np.ndarray, seen: Mask | None = None
+        self,
+        ids: np.ndarray,
+        t: np.ndarray,
+        x: np.ndarray,
+        weight: np.ndarray,
+        seen: Mask | None = None,
+        raw: np.ndarray | None = None,
     ) -> None:
         assessed = self._assessed(ids, t, x)
         forecasts = assessed.forecasts
@@ -254,6 +285,8 @@ class AutoModel:
                     "mean_deviation",
                     "run",
                     "run_sum",
+                    "run_sum_routine",
+                    "run_count_routine",
                 )
             ),
             self.flat.arrays["level"],
@@ -267,13 +300,15 @@ class AutoModel:
             tuple(f.expected for f in forecasts),
             assessed.point,
             assessed.choice,
+            np.zeros(0, dtype=np.bool_) if assessed.off_routine is None else assessed.off_routine,
             forecasts[_FLAT].warming,
             seen,
             self._settings(),
         )
         for part in self._parts().values():
             if isinstance(part, PatternStatistics):
-                part.learn(ids, t, x, assessed.point, weight, seen, assessed.shortfall)
+                exact = x if raw is None else raw
+                part.learn(ids, t, exact, assessed.point, weight, seen, assessed.shortfall)
             elif isinstance(part, DailyRoutine):
                 part.learn(ids, t, x, weight, seen)
             else:
@@ -320,6 +355,7 @@ class _Assessed:
     point: np.ndarray
     choice: np.ndarray
     shortfall: np.ndarray | None
+    off_routine: np.ndarray | None
 
 
 @njit(cache=True)
@@ -378,6 +414,8 @@ def _learn_kernel(  # type: ignore[no-untyped-def]
     mean_deviation,
     run,
     run_sum,
+    run_sum_routine,
+    run_count_routine,
     flat_level,
     seasonal_level,
     routine_level,
@@ -389,11 +427,21 @@ def _learn_kernel(  # type: ignore[no-untyped-def]
     expected_by,
     point,
     choice,
+    off_routine,
     flat_warming,
     seen,
     settings,
 ):
     """Forecaster errors, the shift statistic, and level adoption after a sustained shift.
+
+    An adopted shift moves the flat and seasonal levels by the chosen
+    forecaster's mean residual over the run, and the routine's by its own
+    where that speaks of its level (``off_routine``: after its first day,
+    outside the phases where its routine stands out): what it misses inside
+    a burst, or on the day it first sees it, is a routine not yet learned
+    (its bins learn it, over days), not a new level, and moving the level by
+    it would make it expect the burst all day.  A run with no such point
+    leaves the routine's level where it is.
 
     The routine is compared with the usual choice (flat or seasonal) over a
     day, on every seen point, flagged or not: whether a series has a daily
@@ -431,12 +479,19 @@ def _learn_kernel(  # type: ignore[no-untyped-def]
                 run_sum[row] += residual
             else:
                 run[row], run_sum[row] = np.int32(side), residual
+                if forecasters > _ROUTINE:
+                    run_sum_routine[row], run_count_routine[row] = 0.0, 0
+            if forecasters > _ROUTINE and off_routine[i]:
+                run_sum_routine[row] += x[i] - expected_by[_ROUTINE][i]
+                run_count_routine[row] += 1
         else:
             run[row], run_sum[row] = 0, 0.0
         if abs(run[row]) >= adopt_after:
             offset = run_sum[row] / abs(run[row])
             flat_level[row] += offset
             seasonal_level[row] += offset
-            if forecasters > _ROUTINE:
-                routine_level[row] += offset
+            if forecasters > _ROUTINE and run_count_routine[row] > 0:
+                routine_level[row] += run_sum_routine[row] / run_count_routine[row]
             run[row], run_sum[row], mean_deviation[row] = 0, 0.0, 0.0
+            if forecasters > _ROUTINE:
+                run_sum_routine[row], run_count_routine[row] = 0.0, 0

@@ -109,7 +109,14 @@ class Assessment:
 
 @runtime_checkable
 class OnlineModel(Protocol):
-    """An online model over many series at once.  It never thresholds."""
+    """An online model over many series at once.  It never thresholds.
+
+    The engine dithers count-valued series by up to half a unit before a
+    model sees them (so their deviations are continuous).  A model that also
+    needs each sample exactly as scraped (a stuck series repeats it) sets a
+    true ``takes_raw`` attribute: the engine then passes it as ``raw=`` to
+    :meth:`assess` and :meth:`learn`, beside the dithered ``x``.
+    """
 
     def resize(self, n_series: int) -> None:
         """Grow the state to hold ``n_series`` rows (new rows start cold)."""

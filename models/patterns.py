@@ -5,7 +5,8 @@ they read (see :class:`models.auto.AutoModel`):
 
 * **flat**: how many samples in a row the series has stayed where the run
   began, within a hundredth of its usual change from one sample to the next
-  (and never more than 1, the engine's dither of a count): a stuck exporter, a
+  (read from the samples as scraped, before the engine's dither of a count:
+  see :class:`models.base.OnlineModel`): a stuck exporter, a
   pipeline that stopped, a busy series gone perfectly flat.  Only for a
   series that changes at all but :data:`FLAT_BUSY` of its samples: one that
   idles at zero most of the time has runs as long as its quiet spells, with
@@ -82,8 +83,8 @@ SPIKE_STEP = 0.2
 SPIKE_HALFLIFE = 60.0
 SPREAD_HALFLIFE = 30.0
 ROUTINE_HALFLIFE = 5.0
-#: A value within this share of the series' usual change per sample (at most 1) of the run's
-#: first value continues a flat run.
+#: A value within this share of the series' usual change per sample of the run's first value
+#: continues a flat run.
 FLAT_TOLERANCE = 0.01
 #: The flat statistic watches series whose samples are unchanged at most this often.
 FLAT_BUSY = 0.2
@@ -127,8 +128,10 @@ _FIELDS: FieldSpecs = {
     "unchanged": (np.float32, (), 0.0),
     "run_start": (np.float64, (), np.nan),
     "run": (np.float32, (), 0.0),
+    "run_span": (np.float32, (), 0.0),
     "longest": (np.float32, (), 0.0),
     "shortfall": (np.float32, (), 0.0),
+    "routine_side": (np.int8, (), 1),
     "spike_count": (np.float32, (), 0.0),
     "spike_level": (np.float32, (), SPIKE_Z),
     "spiking": (np.bool_, (), False),
@@ -207,9 +210,13 @@ class PatternStatistics(ArrayState):
     ) -> Pattern:
         """The most unusual pattern of each point's series, the point included, learning nothing.
 
+        ``x`` are the samples as scraped (a dithered count is never flat),
+        ``deviation`` the point deviations of the caller's forecaster;
         ``shortfall`` is how far each point falls short of its daily routine
-        where that stands out (0 elsewhere), ``routine`` the routine's
-        expected value (both NaN-free; None: no routine).
+        where that stands out (0 elsewhere), signed as the routine departs
+        from the level there (negative for a dip, so that a dip that does not
+        come is reported high), ``routine`` the routine's expected value (both
+        NaN-free; None: no routine).
         """
         n = len(ids)
         shortfall = np.zeros(n) if shortfall is None else shortfall
@@ -437,10 +444,9 @@ _KEEP = 1.0 - 1.0 / MEMORY
 @njit(cache=True)
 def _present(s, row, x, deviation, short):  # type: ignore[no-untyped-def]
     """Run length, routine shortfall, spike count, recent mean deviation and spread, this point included."""
-    # Up to 1: a count the engine dithers moves by less than 1 when it does not change.
-    tolerance = max(min(FLAT_TOLERANCE * s.step[row], 1.0), 1e-9 * max(1.0, abs(x)))
+    tolerance = max(FLAT_TOLERANCE * s.step[row], 1e-9 * max(1.0, abs(x)))
     length = s.run[row] + 1.0 if abs(x - s.anchor[row]) <= tolerance else 1.0
-    missing = s.shortfall[row] + _ROUTINE_RATE * (short - s.shortfall[row])
+    missing = s.shortfall[row] + _ROUTINE_RATE * (abs(short) - s.shortfall[row])
     spikes = s.spike_count[row] * _SPIKE_KEEP + (
         1.0 if abs(deviation) > s.spike_level[row] and not s.spiking[row] else 0.0
     )
@@ -503,7 +509,9 @@ def _assess_kernel(s, ids, t, x, deviation, short, routine, settings):  # type: 
             seen[i] = t[i] - s.run_start[row] if length > 1 else 0.0
             usual[i] = s.longest[row]
         elif routine_tail == best:
-            kind[i], z[i] = ROUTINE, -1.0
+            # A burst that did not come leaves the series low; a dip, high.
+            side = s.routine_side[row] if short[i] == 0 else (1 if short[i] > 0 else -1)
+            kind[i], z[i] = ROUTINE, -1.0 if side > 0 else 1.0
             seen[i] = missing
             usual[i] = routine[i]
         elif spike == best:
@@ -541,6 +549,7 @@ def _learn_kernel(s, ids, t, x, deviation, short, weight, seen, found, settings)
         length, missing, spikes, mean, spread = _present(s, row, x[i], deviation[i], short[i])
         beyond = abs(deviation[i]) > s.spike_level[row]
         finished = s.run[row] if length == 1.0 else 0.0
+        finished_span = s.run_span[row]
         if length == 1.0:
             s.anchor[row], s.run_start[row] = x[i], t[i]
         if w > 0:
@@ -574,12 +583,15 @@ def _learn_kernel(s, ids, t, x, deviation, short, weight, seen, found, settings)
             spike_w = min(tails * spike / PROTECT_BELOW, 1.0)
             wide_w = min(tails * wide / PROTECT_BELOW, 1.0)
             # A flat run is counted when it ends, so a run in progress never vouches for itself,
-            # and one that ended while flagged is not counted at all.
+            # and one that ended while flagged is not counted at all; nor is it the longest run,
+            # the explanation's "never flat for more than", which must not include the incident.
+            s.longest[row] *= np.float32(_KEEP)
             if finished >= 2.0:
                 ended = _survival(s.counts, row, _OFFSETS[0], _FLAT, finished, s.total[row], u, np.nan)
-                _count_run(
-                    s.counts, row, finished, np.float32(w * u * min(tails * ended / PROTECT_BELOW, 1.0))
-                )
+                ended_w = min(tails * ended / PROTECT_BELOW, 1.0)
+                _count_run(s.counts, row, finished, np.float32(w * u * ended_w))
+                if ended_w >= 1.0:
+                    s.longest[row] = max(s.longest[row], finished_span)
             # An excursion of a windowed statistic into its tail is counted when it ends, weighed
             # by its most extreme tail: like a flat run, it must not vouch for itself while it lasts.
             amount = np.float32(w * u)
@@ -617,10 +629,11 @@ def _learn_kernel(s, ids, t, x, deviation, short, weight, seen, found, settings)
             if np.isfinite(change):
                 s.step[row] += rate * flat_w * (change - s.step[row])
                 s.unchanged[row] += rate * flat_w * ((1.0 if length > 1.0 else 0.0) - s.unchanged[row])
-            if flat_w >= 1.0:
-                s.longest[row] = max(s.longest[row] * _KEEP, t[i] - s.run_start[row])
         s.run[row] = length
+        s.run_span[row] = t[i] - s.run_start[row]
         s.shortfall[row] = missing
+        if short[i] != 0:
+            s.routine_side[row] = 1 if short[i] > 0 else -1
         s.spike_count[row] = spikes
         s.spiking[row] = beyond
         s.spread_mean[row] = mean

@@ -86,7 +86,7 @@ class DailyRoutine(PhaseModel):
     ...     model.learn(ids, np.array([60.0 * m]), np.array([v]), np.ones(1))
     >>> night = model.assess(ids, np.array([60.0 * (7 * 1440 + 130)]), np.array([10.0]))
     >>> round(float(night.expected[0])), bool(night.deviation[0] < -5)
-    (85, True)
+    (89, True)
     """
 
     def __init__(
@@ -225,13 +225,17 @@ def _learn_kernel(
         # bin has been seen once, what happens in it is how the day goes, not an outlier.
         first_pass = not t[i] - first_t[row] >= period
         warm = before >= warmup and not first_pass
-        limit = huber * _scale(level, mean_abs, spread, row, b, calm_fraction) if warm else np.inf
-        clipped = min(max(residual, -limit), limit)
+        limit = huber * _scale(level, mean_abs, spread, row, b, calm_fraction)
+        clipped = min(max(residual, -limit), limit) if warm else residual
+        # The level, though, is clipped from the end of the warm-up on, as RobustEWMA's: on the
+        # first pass a burst is the bins' to learn, and a level that followed it would teach the
+        # bins after it to expect that much less, for days.
+        moved = min(max(residual, -limit), limit) if before >= warmup else residual
         overall = mean_abs[row] * MEAN_ABS_TO_SIGMA
         stands_out = warm and abs(offset[row, b] - offset_sum[row] / bins) > STANDS_OUT * overall
         level_w = 0.0 if stands_out else w
-        level[row] = start + max(level_rate, 1.0 / (before + 1.0)) * level_w * clipped
-        mean_abs[row] += max(scale_rate, 1.0 / (before + 1.0)) * level_w * (abs(clipped) - mean_abs[row])
+        level[row] = start + max(level_rate, 1.0 / (before + 1.0)) * level_w * moved
+        mean_abs[row] += max(scale_rate, 1.0 / (before + 1.0)) * level_w * (abs(moved) - mean_abs[row])
         if w > 0:
             seen[row] = before + 1.0
         if not (observed[i] or w > 0):

@@ -100,6 +100,19 @@ def test_on_call_can_accept_a_new_normal_at_once() -> None:
     assert engine.accept_new_normal(ids, np.array([STEP * (WARM + 40)])).tolist() == [False]
 
 
+def test_an_alert_held_up_by_a_pattern_is_never_accepted_as_a_new_normal() -> None:
+    policy = AlertPolicy(accept_shift_after=3600.0)
+    policy.resize(1)
+    ids, accepted, firing = np.array([0]), [], []
+    for k in range(300):
+        # A stuck series: ordinary points, a flat run this rare (its tail, signed low).
+        pattern = np.array([-1e-12 if k >= 10 else 0.0])
+        out = policy.decide(ids, np.array([STEP * k]), np.array([0.5]), np.array([-1.0]), pattern=pattern)
+        accepted.append(bool(out.accepted[0]))
+        firing.append(bool(out.firing[0]))
+    assert firing[-1] and not any(accepted)
+
+
 def test_a_confirmed_incident_is_never_accepted_as_a_new_normal() -> None:
     engine = _engine(accept_shift_after="1h")
     rng = np.random.default_rng(7)

@@ -126,6 +126,18 @@ def test_description_says_everything_an_on_call_engineer_asks_first() -> None:
     ]
 
 
+def test_a_routine_finding_is_told_at_its_own_time_against_what_the_routine_expects() -> None:
+    missed = dataclasses.replace(
+        FINDING, pattern="routine", pattern_seen=0.9, pattern_usual=1400.0, pattern_at=1700000000.0 + 1500.0
+    )
+    lines = describe(dataclasses.replace(EVENT, findings=(missed,))).splitlines()
+    assert lines[:2] == [
+        'queue_depth{instance="q1",job="worker"} is missing its daily routine: '
+        "around 22:38 UTC it usually reaches about 1400, now 3 (a pattern, direction: low).",
+        "Observed 3, its daily routine expects about 1400 there.",
+    ]
+
+
 def test_description_of_a_resolved_warming_alert() -> None:
     warming = dataclasses.replace(FINDING, warming=True)
     event = dataclasses.replace(

@@ -8,10 +8,13 @@ sample.  The end-to-end test runs the real engine and incident tracker.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from detector.config import build_engine, build_tracker, parse_config
+from detector.engine import ScoredBatch
 from detector.policy import AlertPolicy
 from models.auto import AutoModel
 from models.base import FLAT, PATTERN_KINDS, ROUTINE, SPIKES, SPREAD, Pattern
@@ -26,8 +29,15 @@ def feed(
     stats: PatternStatistics, x: np.ndarray, deviation: np.ndarray, flag_below: float = -4.0
 ) -> list[Pattern]:
     """Every point through assess and learn, one series, one sample a minute; returns the patterns."""
+    return feed_on(stats, x, deviation, flag_below)
+
+
+def feed_on(
+    stats: PatternStatistics, x: np.ndarray, deviation: np.ndarray, flag_below: float = -4.0, start: int = 0
+) -> list[Pattern]:
+    """:func:`feed` from the point ``start`` on (its time: ``start`` minutes)."""
     ids, out = np.array([0]), []
-    for k in range(len(x)):
+    for k in range(start, len(x)):
         t, xk, dk = np.array([MINUTE * k]), x[k : k + 1], deviation[k : k + 1]
         pattern = stats.assess(ids, t, xk, dk)
         flagged = abs(pattern.deviation[0]) > -flag_below
@@ -72,6 +82,21 @@ def test_a_busy_series_gone_flat_is_found_within_minutes_and_not_before() -> Non
     # The run began at the last sample before the exporter stuck: the value it repeats.
     assert out[-1].seen[0] == pytest.approx(60 * MINUTE)
     assert out[-1].usual[0] < 5 * MINUTE
+
+
+def test_the_longest_flat_run_is_the_history_before_the_run_being_reported() -> None:
+    rng = np.random.default_rng(3)
+    stats = fresh()
+    x = np.round(500 + rng.normal(0, 4, 2 * DAY + 120), 0)
+    before = 2 * DAY
+    x[before:] = x[before - 1]
+    out = feed(stats, x[:before], (x[:before] - 500) / 5)
+    longest = float(stats.arrays["longest"][0])
+    assert 0 < longest < 30 * MINUTE
+    out = feed_on(stats, x, (x - 500) / 5, start=before)
+    flat = [p for p in out if p.kind[0] == FLAT]
+    assert flat and flat[-1].seen[0] > 100 * MINUTE
+    assert max(float(p.usual[0]) for p in flat) <= longest
 
 
 def test_a_series_idle_at_zero_most_of_the_time_is_not_watched_for_flat_runs() -> None:
@@ -164,6 +189,26 @@ def test_the_daily_routine_expects_a_nightly_burst_and_misses_a_missing_one() ->
     assert min(a.deviation[0] for a in missing) < -5
 
 
+def test_a_missing_nightly_dip_is_reported_high() -> None:
+    rng = np.random.default_rng(7)
+    days = 8
+    minutes = np.arange(days * DAY)
+    dip = (minutes % DAY >= 120) & (minutes % DAY < 150)
+    x = 105.0 - 100.0 * dip + rng.normal(0, 1, len(minutes))
+    x[(days - 1) * DAY + 120 : (days - 1) * DAY + 150] = 105.0 + rng.normal(0, 1, 30)
+    model = AutoModel(routine=True, patterns=True)
+    model.resize(1)
+    ids, out = np.array([0]), []
+    for m in minutes:
+        t, xm = np.array([MINUTE * m]), x[m : m + 1]
+        out.append(model.assess(ids, t, xm))
+        model.learn(ids, t, xm, np.ones(1) if m < (days - 1) * DAY else np.zeros(1), np.ones(1, bool))
+    missing = [out[(days - 1) * DAY + m].pattern for m in range(125, 150)]
+    routine = [p for p in missing if p.kind[0] == ROUTINE]
+    assert routine and all(p.deviation[0] > 0 for p in routine)
+    assert max(p.deviation[0] for p in routine) > 4
+
+
 def test_routine_learns_bins_from_seen_points_only_once_a_day_clipped() -> None:
     model = DailyRoutine(warmup=5)
     model.resize(1)
@@ -190,6 +235,65 @@ def test_the_policy_rises_to_a_pattern_level_one_strong_point_at_a_time() -> Non
     steps = np.diff([0.0, *levels])
     assert np.all(steps <= -np.log(1e-4) + np.log(0.05) + 1e-9)
     assert levels[-1] == pytest.approx(-np.log(1e-20) + np.log(0.05))
+
+
+def run_engine(
+    x: np.ndarray, t0: float = 1_700_000_000.0, scored: list[ScoredBatch] | None = None
+) -> list[tuple[int, Any]]:
+    """Every point through the engine and incident tracker, patterns on; returns (index, event)s.
+
+    The engine's output for each point is appended to ``scored`` if given.
+    """
+    config = parse_config({"model_params": {"routine": True, "patterns": True}})
+    engine, tracker = build_engine(config), build_tracker(config, "cpu")
+    key, labels = 'cpu{job="api"}', {'cpu{job="api"}': {"__name__": "cpu", "job": "api"}}
+    ids = engine.register([key])
+    events = []
+    for k in range(len(x)):
+        t = np.array([t0 + MINUTE * k])
+        out = engine.process(ids, t, x[k : k + 1])
+        events += [(k, e) for e in tracker.observe(float(t[0]), [key], labels, t, x[k : k + 1], out, "auto")]
+        if scored is not None:
+            scored.append(out)
+    return events
+
+
+def test_a_regular_nightly_burst_leaves_the_hours_after_it_alone() -> None:
+    rng = np.random.default_rng(7)
+    days = 8
+    minutes = np.arange(days * DAY)
+    burst = (minutes % DAY >= 120) & (minutes % DAY < 150)
+    x = 5.0 + 100.0 * burst + rng.normal(0, 1, len(minutes))
+    scored: list[ScoredBatch] = []
+    midnight = 1_699_920_000.0
+    events = run_engine(x, midnight, scored)
+    assert not [k for k, e in events if e.change == "opened" and k >= DAY], "no alert once a day is learned"
+    # From 02:30 to 08:00 the forecast is right on average: no half-hour is off to one side.
+    deviation = np.array([float(out.deviation[0]) for out in scored])
+    for day in range(3, days):
+        after = deviation[day * DAY + 150 : day * DAY + 480]
+        assert np.abs(np.convolve(after, np.ones(30) / 30, "valid")).max() < 1.0, f"day {day}"
+
+
+def test_a_stuck_count_alerts_although_the_engine_dithers_counts() -> None:
+    rng = np.random.default_rng(8)
+    n, stuck = 3 * DAY, 3 * DAY - 120
+    x = np.round(40 + 5 * np.sin(np.arange(n) * 2 * np.pi / DAY) + rng.normal(0, 3, n))
+    x[stuck:] = x[stuck - 1]
+    opened = [(k, e) for k, e in run_engine(x) if e.change == "opened"]
+    assert opened and all(k >= stuck for k, _ in opened)
+    assert opened[0][1].top.pattern == "flat"
+
+
+def test_a_stuck_series_alerts_for_as_long_as_it_is_stuck() -> None:
+    rng = np.random.default_rng(3)
+    n, stuck, moves = 4 * DAY, 4 * DAY - 360, 4 * DAY - 120
+    x = 40 + 5 * np.sin(np.arange(n) * 2 * np.pi / DAY) + rng.normal(0, 1, n)
+    x[stuck:moves] = x[stuck - 1]
+    changes = [(k, e.change) for k, e in run_engine(x) if e.change in ("opened", "resolved")]
+    assert changes[0][1] == "opened" and stuck <= changes[0][0] < stuck + 30
+    assert changes[1][1] == "resolved" and changes[1][0] >= moves, "not accepted as a new normal"
+    assert len(changes) == 2
 
 
 def test_a_stuck_exporter_alerts_through_the_engine_and_the_alert_says_so() -> None:
