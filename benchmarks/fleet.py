@@ -213,6 +213,13 @@ def outside_incidents(result: Run, series: list[Series], incidents: list[Inciden
     return int(onset.sum())
 
 
+def print_false_alerts(config: DetectorConfig, series: list[Series], warmup: float) -> None:
+    """Run ``config`` over anomaly-free ``series``: its false alert onsets by metric, then pages per day."""
+    result = run(config, series)
+    print(false_onsets(result, series, warmup))
+    print("  " + pages_line(result, warmup))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=float, default=14.0)
@@ -248,19 +255,15 @@ def main(argv: list[str] | None = None) -> None:
         f"\n(a) Anomaly-free fleet, default configuration: a budget of {per_week:g} false alert "
         f"per series per week = {per_week / 7:.3f} per series-day"
     )
-    result = run(default, clean)
-    print(false_onsets(result, clean, warmup))
-    print("  " + pages_line(result, warmup))
+    print_false_alerts(default, clean, warmup)
 
     config = parse_config({"alerting": {"false_alerts_per_day": DETECTOR_BUDGET}})
     print(
         f"\n(b) alerting: {{false_alerts_per_day: {DETECTOR_BUDGET:g}}}, a budget of {DETECTOR_BUDGET:g} "
         f"per day for the detector = {DETECTOR_BUDGET / len(clean):.3f} per series-day"
     )
-    result = run(config, clean)
     print("  Anomaly-free fleet:")
-    print(false_onsets(result, clean, warmup))
-    print("  " + pages_line(result, warmup))
+    print_false_alerts(config, clean, warmup)
     print(
         f"\n  With {len(incidents)} injected incidents, after day {injected_after:g} "
         "(detected: the series fires between the incident's start and 10 minutes after its end;\n"
@@ -294,16 +297,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  onsets after the warm-up outside incident windows: {outside}")
 
     print(f"\n(d) The fleet of (a) and (b) with model_params: {PATTERN_DETECTORS}, default budget:")
-    result = run(opt_in, clean)
-    print(false_onsets(result, clean, warmup))
-    print("  " + pages_line(result, warmup))
+    print_false_alerts(opt_in, clean, warmup)
     budgeted = parse_config(
         {"model_params": PATTERN_DETECTORS, "alerting": {"false_alerts_per_day": DETECTOR_BUDGET}}
     )
     print(f"  alerting: {{false_alerts_per_day: {DETECTOR_BUDGET:g}}}, anomaly-free:")
-    result = run(budgeted, clean)
-    print(false_onsets(result, clean, warmup))
-    print("  " + pages_line(result, warmup))
+    print_false_alerts(budgeted, clean, warmup)
     print("  With the injected incidents of (b):")
     dirty, incidents = inject_incidents(clean, seed=args.seed, warmup_days=injected_after)
     result = run(budgeted, dirty)
@@ -314,9 +313,7 @@ def main(argv: list[str] | None = None) -> None:
             f"\n(e) The fleet of (a) scraped every {args.short_interval:g} s instead of 60 s "
             f"({len(short[0].t)} steps), default configuration:"
         )
-        result = run(default, short)
-        print(false_onsets(result, short, warmup))
-        print("  " + pages_line(result, warmup))
+        print_false_alerts(default, short, warmup)
 
     print(f"\nWall time: {time.perf_counter() - started:.1f} s")
 
