@@ -25,12 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.service_process import ServiceProcess  # noqa: E402
 from service.proto import Label, Sample, TimeSeries  # noqa: E402
 
 HEADERS = {
@@ -113,62 +110,6 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-class Service:
-    """``python -m service run`` on a free loopback port, with its state in a temporary folder."""
-
-    def __init__(self, folder: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = folder / "service.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "store": str(folder / "state.db"),
-                    "detectors": [{"name": "load", "source": "remote_write", "match_re": {"__name__": ".+"}}],
-                }
-            )
-        )
-        self.log_path = folder / "service.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "run", "--config", str(config), "--port", str(self.port)],
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the service exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"the service was not ready after {timeout:g} s; see {self.log_path}")
-
-    def rss_mib(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
 async def send_interval(
     client: httpx.AsyncClient, bodies: list[bytes], shards: int
 ) -> list[tuple[float, int]]:
@@ -194,9 +135,9 @@ def percentiles(seconds: list[float]) -> str:
     )
 
 
-async def run(args: argparse.Namespace, service: Service, fleet: Fleet) -> None:
+async def run(args: argparse.Namespace, service: ServiceProcess, fleet: Fleet) -> None:
     intervals = max(2, round(args.minutes * 60 / args.interval))
-    started_cpu, started_rss = service.cpu_seconds(), service.rss_mib()
+    started_cpu, started_rss = service.cpu_seconds(), service.status("VmRSS") / 2**20
     print(f"RSS at start: {started_rss:.0f} MiB (ready, no series yet)")
     first: list[float] = []
     steady: list[float] = []
@@ -217,7 +158,7 @@ async def run(args: argparse.Namespace, service: Service, fleet: Fleet) -> None:
                     failed[status] = failed.get(status, 0) + 1
             if step == 0:
                 first = [seconds for seconds, _ in answers]
-                after_first_rss = service.rss_mib()
+                after_first_rss = service.status("VmRSS") / 2**20
                 print(
                     f"first interval (registers {args.series} series): {percentiles(first)}; "
                     f"RSS {after_first_rss:.0f} MiB"
@@ -225,7 +166,10 @@ async def run(args: argparse.Namespace, service: Service, fleet: Fleet) -> None:
             else:
                 steady.extend(seconds for seconds, _ in answers)
             if args.progress and step and step % max(1, intervals // 10) == 0:
-                print(f"  {step}/{intervals} intervals, RSS {service.rss_mib():.0f} MiB", flush=True)
+                print(
+                    f"  {step}/{intervals} intervals, RSS {service.status('VmRSS') / 2**20:.0f} MiB",
+                    flush=True,
+                )
             clock += args.interval
             await asyncio.sleep(max(0.0, clock - time.monotonic()))
     wall = time.monotonic() - steady_wall
@@ -239,7 +183,7 @@ async def run(args: argparse.Namespace, service: Service, fleet: Fleet) -> None:
     )
     print(
         f"RSS: {started_rss:.0f} MiB at start, {after_first_rss:.0f} MiB after the first interval, "
-        f"{service.rss_mib():.0f} MiB at the end"
+        f"{service.status('VmRSS') / 2**20:.0f} MiB at the end"
     )
     print(f"answers other than 204: {failed or 'none'}")
     detectors = httpx.get(f"{service.url}/api/v1/detectors", timeout=30.0).json()
@@ -265,12 +209,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     fleet = Fleet(args.series)
     with tempfile.TemporaryDirectory(prefix="load-") as folder:
-        service = Service(Path(folder))
+        config = {
+            "store": str(Path(folder) / "state.db"),
+            "detectors": [{"name": "load", "source": "remote_write", "match_re": {"__name__": ".+"}}],
+        }
+        service = ServiceProcess(Path(folder), config)
         try:
-            service.wait_ready()
+            service.wait_ready(timeout=120.0)
             asyncio.run(run(args, service, fleet))
         finally:
-            service.stop()
+            service.stop(timeout=60.0)
             log = service.log_path.read_text(errors="replace")
             if "Traceback" in log:
                 print(f"the service logged a traceback:\n{log[-3000:]}")

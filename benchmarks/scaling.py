@@ -36,10 +36,6 @@ import asyncio
 import json
 import os
 import platform
-import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.load import HEADERS, _varint  # noqa: E402
 from benchmarks.remote_write import SCRAPE_MS, START_MS, machine, node_exporter_series  # noqa: E402
+from benchmarks.service_process import ServiceProcess  # noqa: E402
 from service.proto import Label, TimeSeries  # noqa: E402
 
 
@@ -124,59 +121,6 @@ class Receiver:
 
     def stop(self) -> None:
         self.server.shutdown()
-
-
-class Service:
-    """``python -m service run`` on a free loopback port with ``config``, state in ``folder``."""
-
-    def __init__(self, folder: Path, config: dict[str, Any]) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        path = folder / "service.yaml"
-        path.write_text(json.dumps(config))
-        self.log_path = folder / "service.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "run", "--config", str(path), "--port", str(self.port)],
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the service exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"the service was not ready after {timeout:g} s; see {self.log_path}")
-
-    def status(self, field_name: str) -> int:
-        """A ``/proc/<pid>/status`` figure in bytes (VmRSS, VmHWM)."""
-        text = Path(f"/proc/{self.process.pid}/status").read_text()
-        return (
-            int(next(line.split()[1] for line in text.splitlines() if line.startswith(field_name + ":")))
-            * 1024
-        )
-
-    def metric(self, text: str, name: str) -> float | None:
-        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-        return float(found.group(1)) if found else None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(300)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 def scrape(url: str) -> tuple[float, int, int, str]:
@@ -250,9 +194,9 @@ def measure(n: int, args: argparse.Namespace, labels: list[bytes]) -> dict[str, 
         if receiver is not None:
             outputs = config.setdefault("outputs", {})
             outputs["remote_write"] = {"url": receiver.start(), **outputs.get("remote_write", {})}
-        service = Service(Path(folder), config)
+        service = ServiceProcess(Path(folder), config)
         try:
-            service.wait_ready()
+            service.wait_ready(timeout=300.0)
             result["rss_idle"] = service.status("VmRSS")
             rng = np.random.default_rng(1)
             level = rng.lognormal(3, 2, n)
@@ -305,7 +249,7 @@ def measure(n: int, args: argparse.Namespace, labels: list[bytes]) -> dict[str, 
             result["rss_end"] = service.status("VmRSS")
             result["rss_peak"] = service.status("VmHWM")
         finally:
-            service.stop()
+            service.stop(timeout=300.0)
             if receiver is not None:
                 receiver.stop()
             log = service.log_path.read_text(errors="replace")
