@@ -81,10 +81,12 @@ def test_the_two_budgets_are_exclusive() -> None:
         AlertPolicy(false_alerts_per_week=1.0, false_alerts_per_day=2.0)
 
 
-def _levels_and_rate(runs: tuple[int, int], seed: int) -> tuple[float, float]:
+def _levels_and_rate(
+    runs: tuple[int, int], seed: int, per_week: float = 20.0, steps: int = 12_000, warm: int = 6000
+) -> tuple[float, float]:
     """Mean alert level and onsets per budget on uniform p-values each repeated for ``runs`` points."""
-    n, steps, warm = 200, 12_000, 6000
-    policy = _policy(n, false_alerts_per_week=20.0)
+    n = 200
+    policy = _policy(n, false_alerts_per_week=per_week)
     rng = np.random.default_rng(seed)
     p, left, onsets = rng.random(n), np.zeros(n, dtype=int), 0
     for step in range(steps):
@@ -93,7 +95,7 @@ def _levels_and_rate(runs: tuple[int, int], seed: int) -> tuple[float, float]:
         left = np.where(renew, rng.integers(runs[0], runs[1] + 1, n), left) - 1
         onset = policy.decide(np.arange(n), np.full(n, STEP * step), p).onset
         onsets += int(onset.sum()) if step >= warm else 0
-    rate = onsets / (n * (steps - warm) * STEP / SECONDS_PER_WEEK) / 20.0
+    rate = onsets / (n * (steps - warm) * STEP / SECONDS_PER_WEEK) / per_week
     return float(policy.alert_levels(np.arange(n)).mean()), rate
 
 
@@ -112,17 +114,7 @@ def test_alerted_episodes_do_not_pull_a_strict_budget_s_level_down() -> None:
     # peak was, had the alert not frozen the series, is not known), they would claim that no
     # episode goes beyond it, the level would sink and the rate creep up: 1.9 x the budget on
     # this evidence before alerted episodes were learned as censored, 1.4 x since.
-    policy = _policy(200, false_alerts_per_week=1.0)
-    rng = np.random.default_rng(8)
-    n, steps, warm = 200, 30_000, 10_000
-    p, left, onsets = rng.random(n), np.zeros(n, dtype=int), 0
-    for step in range(steps):
-        renew = left == 0
-        p = np.where(renew, rng.random(n), p)
-        left = np.where(renew, rng.integers(3, 9, n), left) - 1
-        onset = policy.decide(np.arange(n), np.full(n, STEP * step), p).onset
-        onsets += int(onset.sum()) if step >= warm else 0
-    rate = onsets / (n * (steps - warm) * STEP / SECONDS_PER_WEEK)
+    _, rate = _levels_and_rate((3, 8), seed=8, per_week=1.0, steps=30_000, warm=10_000)
     assert 0.5 < rate < 1.6
 
 
