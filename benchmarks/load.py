@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import os
 import platform
 import sys
@@ -39,8 +40,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.service_process import ServiceProcess  # noqa: E402
 from service.proto import Label, Sample, TimeSeries  # noqa: E402
+from tests.support.service import ServiceProcess  # noqa: E402
 
 HEADERS = {
     "Content-Type": "application/x-protobuf",
@@ -137,7 +138,7 @@ def percentiles(seconds: list[float]) -> str:
 
 async def run(args: argparse.Namespace, service: ServiceProcess, fleet: Fleet) -> None:
     intervals = max(2, round(args.minutes * 60 / args.interval))
-    started_cpu, started_rss = service.cpu_seconds(), service.status("VmRSS") / 2**20
+    started_cpu, started_rss = service.cpu_seconds(), service.memory("VmRSS") / 2**20
     print(f"RSS at start: {started_rss:.0f} MiB (ready, no series yet)")
     first: list[float] = []
     steady: list[float] = []
@@ -158,7 +159,7 @@ async def run(args: argparse.Namespace, service: ServiceProcess, fleet: Fleet) -
                     failed[status] = failed.get(status, 0) + 1
             if step == 0:
                 first = [seconds for seconds, _ in answers]
-                after_first_rss = service.status("VmRSS") / 2**20
+                after_first_rss = service.memory("VmRSS") / 2**20
                 print(
                     f"first interval (registers {args.series} series): {percentiles(first)}; "
                     f"RSS {after_first_rss:.0f} MiB"
@@ -167,7 +168,7 @@ async def run(args: argparse.Namespace, service: ServiceProcess, fleet: Fleet) -
                 steady.extend(seconds for seconds, _ in answers)
             if args.progress and step and step % max(1, intervals // 10) == 0:
                 print(
-                    f"  {step}/{intervals} intervals, RSS {service.status('VmRSS') / 2**20:.0f} MiB",
+                    f"  {step}/{intervals} intervals, RSS {service.memory('VmRSS') / 2**20:.0f} MiB",
                     flush=True,
                 )
             clock += args.interval
@@ -183,7 +184,7 @@ async def run(args: argparse.Namespace, service: ServiceProcess, fleet: Fleet) -
     )
     print(
         f"RSS: {started_rss:.0f} MiB at start, {after_first_rss:.0f} MiB after the first interval, "
-        f"{service.status('VmRSS') / 2**20:.0f} MiB at the end"
+        f"{service.memory('VmRSS') / 2**20:.0f} MiB at the end"
     )
     print(f"answers other than 204: {failed or 'none'}")
     detectors = httpx.get(f"{service.url}/api/v1/detectors", timeout=30.0).json()
@@ -209,17 +210,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     fleet = Fleet(args.series)
     with tempfile.TemporaryDirectory(prefix="load-") as folder:
-        config = {
-            "store": str(Path(folder) / "state.db"),
-            "detectors": [{"name": "load", "source": "remote_write", "match_re": {"__name__": ".+"}}],
-        }
-        service = ServiceProcess(Path(folder), config)
+        config = Path(folder) / "service.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "store": str(Path(folder) / "state.db"),
+                    "detectors": [{"name": "load", "source": "remote_write", "match_re": {"__name__": ".+"}}],
+                }
+            )
+        )
+        service = ServiceProcess(config, Path(folder) / "service.log")
         try:
-            service.wait_ready(timeout=120.0)
+            service.start(wait_ready=120.0)
             asyncio.run(run(args, service, fleet))
         finally:
             service.stop(timeout=60.0)
-            log = service.log_path.read_text(errors="replace")
+            log = service.log()
             if "Traceback" in log:
                 print(f"the service logged a traceback:\n{log[-3000:]}")
 

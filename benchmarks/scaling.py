@@ -36,6 +36,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import threading
@@ -54,8 +55,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.load import HEADERS, _varint  # noqa: E402
 from benchmarks.remote_write import SCRAPE_MS, START_MS, machine, node_exporter_series  # noqa: E402
-from benchmarks.service_process import ServiceProcess  # noqa: E402
 from service.proto import Label, TimeSeries  # noqa: E402
+from tests.support.service import ServiceProcess  # noqa: E402
 
 
 def series_bytes(n: int) -> list[bytes]:
@@ -121,6 +122,12 @@ class Receiver:
 
     def stop(self) -> None:
         self.server.shutdown()
+
+
+def metric_in(text: str, name: str) -> float | None:
+    """The value of an unlabelled sample ``name`` in a ``/metrics`` text (None if absent)."""
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
 
 
 def scrape(url: str) -> tuple[float, int, int, str]:
@@ -194,10 +201,12 @@ def measure(n: int, args: argparse.Namespace, labels: list[bytes]) -> dict[str, 
         if receiver is not None:
             outputs = config.setdefault("outputs", {})
             outputs["remote_write"] = {"url": receiver.start(), **outputs.get("remote_write", {})}
-        service = ServiceProcess(Path(folder), config)
+        path = Path(folder) / "service.yaml"
+        path.write_text(json.dumps(config))
+        service = ServiceProcess(path, Path(folder) / "service.log")
         try:
-            service.wait_ready(timeout=300.0)
-            result["rss_idle"] = service.status("VmRSS")
+            service.start(wait_ready=300.0)
+            result["rss_idle"] = service.memory("VmRSS")
             rng = np.random.default_rng(1)
             level = rng.lognormal(3, 2, n)
             seconds = []
@@ -209,7 +218,7 @@ def measure(n: int, args: argparse.Namespace, labels: list[bytes]) -> dict[str, 
                 statuses = asyncio.run(send_round(service.url, requests, args.shards))
                 seconds.append(time.perf_counter() - began)
                 bad = {s: statuses.count(s) for s in set(statuses) if s != 204}
-                rss = service.status("VmRSS")
+                rss = service.memory("VmRSS")
                 print(
                     f"  round {step}: {seconds[-1]:.1f} s, RSS {gib(rss)}"
                     + (f", answers {bad}" if bad else ""),
@@ -227,7 +236,7 @@ def measure(n: int, args: argparse.Namespace, labels: list[bytes]) -> dict[str, 
                         result.setdefault("output_bytes", []).append(sent)
                         result.setdefault("output_requests", []).append(posts)
             result["round_seconds"] = seconds
-            result["rss"] = service.status("VmRSS")
+            result["rss"] = service.memory("VmRSS")
             if "stopped" not in result:
                 # A checkpoint begun after the rounds (every series in it), the RSS at rest, /metrics.
                 waited = time.time()
@@ -235,24 +244,24 @@ def measure(n: int, args: argparse.Namespace, labels: list[bytes]) -> dict[str, 
                 while time.time() - waited < 900:
                     time.sleep(2)
                     text = httpx.get(f"{service.url}/metrics", timeout=600.0).text
-                    stamp = service.metric(text, "anomaly_detector_last_checkpoint_timestamp_seconds") or 0.0
-                    took = service.metric(text, "anomaly_detector_last_checkpoint_duration_seconds") or 0.0
+                    stamp = metric_in(text, "anomaly_detector_last_checkpoint_timestamp_seconds") or 0.0
+                    took = metric_in(text, "anomaly_detector_last_checkpoint_duration_seconds") or 0.0
                     if stamp - took > waited:
                         break
                 time.sleep(3)  # the free heap is given back after each checkpoint
-                result["rss_rest"] = service.status("VmRSS")
+                result["rss_rest"] = service.memory("VmRSS")
                 result["checkpoint_seconds"] = took
-                result["checkpoint_bytes"] = service.metric(text, "anomaly_detector_last_checkpoint_bytes")
+                result["checkpoint_bytes"] = metric_in(text, "anomaly_detector_last_checkpoint_bytes")
                 result["metrics_seconds"], result["metrics_bytes"], result["metrics_lines"], _ = scrape(
                     service.url
                 )
-            result["rss_end"] = service.status("VmRSS")
-            result["rss_peak"] = service.status("VmHWM")
+            result["rss_end"] = service.memory("VmRSS")
+            result["rss_peak"] = service.memory("VmHWM")
         finally:
             service.stop(timeout=300.0)
             if receiver is not None:
                 receiver.stop()
-            log = service.log_path.read_text(errors="replace")
+            log = service.log()
             if "Traceback" in log:
                 print(f"the service logged a traceback:\n{log[-3000:]}")
     return result

@@ -122,17 +122,26 @@ class ServiceProcess:
         kib = next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:"))
         return int(kib) * 1024
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, user and system."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
     def kill(self) -> None:
         """SIGKILL: no chance to save state (the restart test's worst case)."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
 
-    def stop(self) -> None:
-        """SIGTERM, as a service manager would; the service saves state on the way out."""
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, as a service manager would: the service saves state on the way out.
+
+        SIGKILL if it has not exited after ``timeout`` seconds.
+        """
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(20)
+                self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
