@@ -9,18 +9,16 @@ remote_write mode learns from live samples with short warm-ups.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from tests.support import wait_until
 from tests.support.exporter import NoisyExporter
-from tests.support.prometheus import PrometheusHandle, openmetrics, scrape_config, start_prometheus
+from tests.support.prometheus import PrometheusHandle, scrape_config, start_prometheus
 from tests.support.service import ServiceProcess
 
 pytestmark = pytest.mark.live
@@ -35,22 +33,6 @@ def exporter() -> Iterator[NoisyExporter]:
     exporter = NoisyExporter(METRIC, level=100.0, port=0, series=SERIES)
     yield exporter
     exporter.stop()
-
-
-def _history(exporter: NoisyExporter) -> str:
-    """Normal history for the exporter's series, ending a minute ago (1 s steps)."""
-    rng = np.random.default_rng(3)
-    end = math.floor(time.time()) - 60
-    stamps = np.arange(end - HISTORY_SECONDS, end, 1.0)
-    series = [
-        (
-            {"__name__": METRIC, "job": "demo", "instance": exporter.url, "path": f"/api/{i}"},
-            stamps,
-            100.0 + rng.normal(0.0, 2.0, len(stamps)),
-        )
-        for i in range(SERIES)
-    ]
-    return openmetrics(series)
 
 
 def _write_config(path: Path, prometheus: PrometheusHandle, detector: dict[str, Any]) -> Path:
@@ -99,7 +81,7 @@ def test_pull_warm_starts_from_history_and_catches_a_spike(tmp_path: Path, expor
     with start_prometheus(
         tmp_path / "prometheus",
         scrape_configs=[scrape_config("demo", [exporter.url], "1s")],
-        backfill=_history(exporter),
+        backfill=exporter.history(HISTORY_SECONDS, job="demo", seed=3),
     ) as prometheus:
         config = _write_config(
             tmp_path / "pull.yaml",
@@ -161,7 +143,7 @@ def test_kill_and_restart_restores_state_and_catches_up(tmp_path: Path, exporter
     with start_prometheus(
         tmp_path / "prometheus",
         scrape_configs=[scrape_config("demo", [exporter.url], "1s")],
-        backfill=_history(exporter),
+        backfill=exporter.history(HISTORY_SECONDS, job="demo", seed=3),
     ) as prometheus:
         config = _write_config(
             tmp_path / "pull.yaml",

@@ -10,17 +10,15 @@ replayed as live samples, and the gap opens no alert.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.support import wait_until
 from tests.support.exporter import NoisyExporter
-from tests.support.prometheus import openmetrics, scrape_config, start_prometheus
+from tests.support.prometheus import scrape_config, start_prometheus
 from tests.support.service import ServiceProcess
 
 pytestmark = pytest.mark.live
@@ -39,21 +37,6 @@ def exporter() -> Iterator[NoisyExporter]:
     exporter.stop()
 
 
-def _history(exporter: NoisyExporter) -> str:
-    """20 minutes of normal history at 1 s steps, ending a minute ago: the detector is warm at once."""
-    rng = np.random.default_rng(5)
-    end = math.floor(time.time()) - 60
-    stamps = np.arange(end - 1200, end, 1.0)
-    return openmetrics(
-        (
-            {"__name__": METRIC, "job": "demo", "instance": exporter.url, "path": f"/api/{i}"},
-            stamps,
-            100.0 + rng.normal(0.0, 2.0, len(stamps)),
-        )
-        for i in range(SERIES)
-    )
-
-
 def _sample_times(service: ServiceProcess) -> list[float]:
     """Each series' newest scored sample time."""
     response = service.get("/api/v1/series")
@@ -65,7 +48,7 @@ def test_prometheus_outage_is_no_decision_and_is_caught_up(tmp_path: Path, expor
     with start_prometheus(
         tmp_path / "prometheus",
         scrape_configs=[scrape_config("demo", [exporter.url], "1s")],
-        backfill=_history(exporter),
+        backfill=exporter.history(1200, job="demo", seed=5),
     ) as prometheus:
         config = tmp_path / "pull.yaml"
         config.write_text(

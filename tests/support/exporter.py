@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+
+from tests.support.prometheus import openmetrics
 
 
 class NoisyExporter:
@@ -52,6 +56,24 @@ class NoisyExporter:
         lines = [f"# TYPE {self.metric} gauge"]
         lines += [f'{self.metric}{{path="/api/{i}"}} {value:.4f}' for i, value in enumerate(values)]
         return "\n".join(lines) + "\n"
+
+    def history(self, seconds: float, job: str, seed: int) -> str:
+        """``seconds`` of normal history of every series at 1 s steps, ending a minute ago, as OpenMetrics.
+
+        Labelled as Prometheus labels the scrapes of ``job``, to backfill before it starts, so that a
+        detector warm-starts from it.
+        """
+        rng = np.random.default_rng(seed)
+        end = math.floor(time.time()) - 60
+        stamps = np.arange(end - seconds, end, 1.0)
+        return openmetrics(
+            (
+                {"__name__": self.metric, "job": job, "instance": self.url, "path": f"/api/{i}"},
+                stamps,
+                self.level + rng.normal(0.0, self.noise, len(stamps)),
+            )
+            for i in range(self.series)
+        )
 
     def spike(self, offset: float) -> None:
         self.offset = offset
